@@ -1,1 +1,357 @@
-fn main(){}
+//! `seamless-snapshot`: commit running containerd containers to OCI images
+//! with a pause bounded by the cgroup freeze itself.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use seamless_snapshot::config::{
+    DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_STATE_DIR,
+};
+use seamless_snapshot::snapshotter::read_status;
+use seamless_snapshot::status::StatusStore;
+use seamless_snapshot::{
+    BackgroundMode, CommitOptions, Compression, Config, ContainerdSnapshotter, Error,
+    SeamlessSnapshot, SnapshotState, SnapshotStatus,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "seamless-snapshot", version, about)]
+struct Cli {
+    /// containerd's socket.
+    #[arg(long, global = true, env = "CONTAINERD_ADDRESS", default_value = DEFAULT_CONTAINERD_ADDRESS)]
+    address: String,
+    /// containerd namespace.
+    #[arg(long, short = 'n', global = true, env = "CONTAINERD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Where snapshot jobs, captures and blobs are kept.
+    #[arg(long, global = true, env = "SEAMLESS_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Capture a running container and push it as an image.
+    Commit {
+        /// The container id.
+        #[arg(long)]
+        container: String,
+        /// The image reference to push to.
+        #[arg(long)]
+        target: String,
+        /// Wait until the image is pushed.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (e.g. 10m, 90s).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30m")]
+        timeout: Duration,
+        /// Layer compression.
+        #[arg(long, default_value = "gzip")]
+        compression: Compression,
+        /// A registry host reached over plain HTTP (loopback ones always are).
+        #[arg(long = "insecure-registry")]
+        insecure_registry: Vec<String>,
+        /// History comment of the new layer.
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+        /// History author.
+        #[arg(long)]
+        author: Option<String>,
+        /// An image config label, KEY=VALUE.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// A manifest annotation, KEY=VALUE.
+        #[arg(long = "annotation")]
+        annotations: Vec<String>,
+        /// Docker config.json with registry credentials.
+        #[arg(long)]
+        docker_config: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Fault injection for tests: stay frozen this much longer.
+        #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+        debug_hold_frozen: Option<Duration>,
+    },
+    /// Show a snapshot's status.
+    Status {
+        /// The snapshot id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for a snapshot to be pushed.
+    Wait {
+        /// The snapshot id.
+        id: String,
+        /// How long to wait.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30m")]
+        timeout: Duration,
+        /// Print the final status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List known snapshots.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: run a snapshot's background build and push.
+    #[command(hide = true)]
+    Worker {
+        /// State directory.
+        state_dir: PathBuf,
+        /// Snapshot id.
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("seamless-snapshot: error: {e}");
+            eprintln!("  (kind: {}, code {})", e.kind(), e.kind().code());
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("LOG_LEVEL")
+        .ok()
+        .and_then(|l| EnvFilter::try_new(l).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Exit codes: 1 generic, 2 usage (clap), 3 timeout, 4 job failed.
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::Timeout(_) => 3,
+        Error::JobFailed { .. } => 4,
+        _ => 1,
+    }
+}
+
+fn parse_pairs(v: &[String], what: &str) -> Result<Vec<(String, String)>, Error> {
+    v.iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| Error::InvalidArgument(format!("{what} {s:?} is not KEY=VALUE")))
+        })
+        .collect()
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    match cli.command {
+        Command::Commit {
+            container,
+            target,
+            wait,
+            timeout,
+            compression,
+            insecure_registry,
+            message,
+            author,
+            labels,
+            annotations,
+            docker_config,
+            json,
+            debug_hold_frozen,
+        } => {
+            let exe = std::env::current_exe()
+                .map_err(|e| Error::io("locate own executable", "/proc/self/exe", e))?;
+            let config = Config {
+                containerd_address: cli.address,
+                namespace: cli.namespace,
+                state_dir: cli.state_dir.clone(),
+                docker_config,
+                fault_hold_frozen: debug_hold_frozen,
+                // Without --wait the build and push must outlive this command.
+                background: BackgroundMode::Process {
+                    program: exe,
+                    args: vec!["worker".to_string()],
+                },
+                ..Config::default()
+            };
+            let options = CommitOptions {
+                compression,
+                labels: parse_pairs(&labels, "label")?.into_iter().collect(),
+                annotations: parse_pairs(&annotations, "annotation")?
+                    .into_iter()
+                    .collect(),
+                message,
+                author,
+                insecure_registries: insecure_registry,
+            };
+            let snap = ContainerdSnapshotter::new(config)?;
+            let started = Instant::now();
+            let mut result = snap.commit_with(&container, &target, &options, None)?;
+            if !json {
+                println!(
+                    "captured {} ({} files, {} bytes) in {:.3} s; container paused {:.3} ms",
+                    result.snapshot_id,
+                    result.files_captured,
+                    result.bytes_captured,
+                    result.total_time.as_secs_f64(),
+                    result.pause_time.as_secs_f64() * 1e3
+                );
+            }
+            if wait {
+                let remaining = timeout.saturating_sub(started.elapsed());
+                let status = wait_with_progress(&cli.state_dir, &result.snapshot_id, remaining, !json)?;
+                result.manifest_digest = status.manifest_digest;
+                result.layer = status.layer;
+                result.total_time = started.elapsed();
+            }
+            if json {
+                print_json(&result)?;
+            } else if let Some(d) = &result.manifest_digest {
+                println!("pushed {target}@{d}");
+            } else {
+                println!(
+                    "building and pushing in the background; follow with: seamless-snapshot status {}",
+                    result.snapshot_id
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { id, json } => {
+            let status = read_status(&cli.state_dir, &id)?;
+            if json {
+                print_json(&status)?;
+            } else {
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wait { id, timeout, json } => {
+            let status = wait_with_progress(&cli.state_dir, &id, timeout, !json)?;
+            if json {
+                print_json(&status)?;
+            } else {
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { json } => {
+            let store = StatusStore::new(&cli.state_dir);
+            let mut all = Vec::new();
+            for s in store.list()? {
+                all.push(read_status(&cli.state_dir, &s.snapshot_id)?);
+            }
+            if json {
+                print_json(&all)?;
+            } else {
+                println!("{:<32} {:<10} {:<24} TARGET", "ID", "STATE", "CONTAINER");
+                for s in &all {
+                    println!(
+                        "{:<32} {:<10} {:<24} {}",
+                        s.snapshot_id, s.state, s.container_id, s.target_ref
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker { state_dir, id } => {
+            let status = ContainerdSnapshotter::run_job(&state_dir, &id)?;
+            if status.state == SnapshotState::Completed {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(4))
+            }
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
+    let s = serde_json::to_string_pretty(v)
+        .map_err(|e| Error::Internal(format!("serialize output: {e}")))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn print_status(s: &SnapshotStatus) {
+    println!("snapshot:   {}", s.snapshot_id);
+    println!("container:  {}", s.container_id);
+    println!("target:     {}", s.target_ref);
+    println!("state:      {}", s.state);
+    if s.progress.total > 0 {
+        println!(
+            "progress:   {} / {} bytes",
+            s.progress.done, s.progress.total
+        );
+    }
+    if let Some(p) = s.timings.pause {
+        println!("pause:      {:.3} ms", p.as_secs_f64() * 1e3);
+    }
+    for (name, t) in [
+        ("capture", s.timings.capture),
+        ("build", s.timings.build),
+        ("push", s.timings.push),
+    ] {
+        if let Some(t) = t {
+            println!("{name:<11} {:.3} s", t.as_secs_f64());
+        }
+    }
+    if let Some(d) = &s.manifest_digest {
+        println!("manifest:   {d}");
+    }
+    if let Some(e) = &s.error {
+        println!("error:      [{}] {}", e.kind, e.message);
+    }
+}
+
+/// Waits on the status file, with a progress bar on a terminal.
+fn wait_with_progress(
+    state_dir: &std::path::Path,
+    id: &str,
+    timeout: Duration,
+    show: bool,
+) -> Result<SnapshotStatus, Error> {
+    let bar = (show && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:10} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
+        ) {
+            b.set_style(style.progress_chars("=> "));
+        }
+        b
+    });
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = read_status(state_dir, id)?;
+        if let Some(b) = &bar {
+            b.set_message(status.state.to_string());
+            b.set_length(status.progress.total);
+            b.set_position(status.progress.done);
+        }
+        if status.state.is_terminal() || Instant::now() >= deadline {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            if !status.state.is_terminal() {
+                return Err(Error::Timeout(timeout));
+            }
+            // Let the library turn the terminal state into a result or error.
+            let store = StatusStore::new(state_dir);
+            return seamless_snapshot::snapshotter::wait_for(&store, id, Duration::ZERO);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

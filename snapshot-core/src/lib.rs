@@ -1,1 +1,77 @@
-pub fn x(){}
+//! # seamless-snapshot
+//!
+//! Saves a *running* containerd container as an OCI image while the container
+//! barely notices: its overlayfs writable layer is copied while it runs, its
+//! cgroup is frozen only for as long as it takes to bring that copy to the
+//! exact state of one instant, and the image is built and pushed in the
+//! background.
+//!
+//! The entry point is the [`SeamlessSnapshot`] trait and its containerd-backed
+//! implementation [`ContainerdSnapshotter`]:
+//!
+//! ```no_run
+//! use seamless_snapshot::{Config, ContainerdSnapshotter, SeamlessSnapshot};
+//! use std::time::Duration;
+//!
+//! let snap = ContainerdSnapshotter::new(Config::default())?;
+//! let res = snap.commit_with_wait("my-container", "registry.example.com/me/dev:snap1",
+//!                                 Duration::from_secs(600))?;
+//! println!("paused {:?}, pushed {:?}", res.pause_time, res.manifest_digest);
+//! # Ok::<(), seamless_snapshot::Error>(())
+//! ```
+//!
+//! *Pause* is always what a process inside the container experiences: from the
+//! instant the freeze is requested to the instant the thaw completes.
+#![deny(missing_docs)]
+
+pub mod capture;
+pub mod config;
+pub mod containerd;
+pub mod error;
+pub mod freeze;
+pub mod image;
+pub mod jobs;
+pub mod layer;
+pub mod push;
+pub mod result;
+pub mod snapshotter;
+pub mod status;
+
+use std::time::Duration;
+
+pub use capture::CaptureStrategy;
+pub use config::{BackgroundMode, CommitOptions, Config};
+pub use error::{Error, ErrorKind, Result};
+pub use freeze::FreezerKind;
+pub use layer::Compression;
+pub use result::SnapshotResult;
+pub use snapshotter::ContainerdSnapshotter;
+pub use status::{ErrorInfo, LayerInfo, PhaseTimings, Progress, SnapshotState, SnapshotStatus};
+
+/// Commit running containers to OCI images with a minimal pause.
+///
+/// Implementations are `Send + Sync` and return owned values, so one instance
+/// can be shared between threads and wrapped by the C ABI and the Python
+/// module. The methods block; from async code call them inside
+/// `tokio::task::spawn_blocking`.
+pub trait SeamlessSnapshot: Send + Sync {
+    /// Captures the container's writable layer at one instant and returns as
+    /// soon as the container is thawed. The layer is built and pushed to
+    /// `target_ref` in the background; follow it with [`Self::get_status`].
+    fn commit(&self, container_id: &str, target_ref: &str) -> Result<SnapshotResult>;
+
+    /// Like [`Self::commit`], then waits until the image is pushed.
+    ///
+    /// On timeout returns [`Error::Timeout`]; the background job keeps
+    /// running and stays queryable. If the job fails, returns
+    /// [`Error::JobFailed`] with the job's error kind.
+    fn commit_with_wait(
+        &self,
+        container_id: &str,
+        target_ref: &str,
+        timeout: Duration,
+    ) -> Result<SnapshotResult>;
+
+    /// The status of a snapshot, from this or any other process.
+    fn get_status(&self, snapshot_id: &str) -> Result<SnapshotStatus>;
+}

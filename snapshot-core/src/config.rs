@@ -1,0 +1,111 @@
+//! Configuration of the containerd-backed implementation and per-commit options.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layer::Compression;
+
+/// Default containerd socket.
+pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
+/// Default containerd namespace.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default state directory (job records, capture directories, blobs).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/seamless-snapshot";
+
+/// How the background build and push of a commit runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum BackgroundMode {
+    /// On the implementation's own runtime, inside this process. The job stops
+    /// if the process exits; its status then reads `failed` (worker gone).
+    #[default]
+    InProcess,
+    /// In a detached process: `program args... <state-dir> <snapshot-id>` is
+    /// started in its own session and must call
+    /// [`crate::ContainerdSnapshotter::run_job`]. The CLI uses this so that a
+    /// commit without `--wait` completes after the command returns.
+    Process {
+        /// The executable.
+        program: PathBuf,
+        /// Arguments placed before the state directory and the snapshot id.
+        args: Vec<String>,
+    },
+}
+
+/// Configuration of [`crate::ContainerdSnapshotter`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// containerd's gRPC socket.
+    pub containerd_address: String,
+    /// containerd namespace the containers live in.
+    pub namespace: String,
+    /// Where job records, capture directories and layer blobs are kept.
+    pub state_dir: PathBuf,
+    /// Where capture directories are created. `None`: inside `state_dir` when
+    /// it is on the same filesystem as the container's upper dir (so reflinks
+    /// work), else next to containerd's snapshot directories.
+    pub capture_root: Option<PathBuf>,
+    /// How long to wait for the cgroup to report frozen before giving up.
+    pub freeze_timeout: Duration,
+    /// Upper bound of the frozen window: the watchdog thaws the container
+    /// when it is exceeded (and the capture is then discarded).
+    pub max_pause: Duration,
+    /// Path of a docker `config.json` for registry credentials. `None`: the
+    /// default lookup (`$DOCKER_CONFIG`, `~/.docker/config.json`).
+    pub docker_config: Option<PathBuf>,
+    /// How many times a transient registry error is retried.
+    pub push_retries: u32,
+    /// Keep the capture directory and blob when a job fails (for a retry or a
+    /// post-mortem). They are always removed after success.
+    pub keep_failed: bool,
+    /// Where the background build and push run.
+    pub background: BackgroundMode,
+    /// Options applied to every commit.
+    pub defaults: CommitOptions,
+    /// Fault injection for tests: keep the container frozen this much longer
+    /// inside the frozen window (to kill the committer there). Never set it in
+    /// production.
+    pub fault_hold_frozen: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            containerd_address: DEFAULT_CONTAINERD_ADDRESS.to_string(),
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            capture_root: None,
+            freeze_timeout: Duration::from_secs(2),
+            max_pause: Duration::from_secs(10),
+            docker_config: None,
+            push_retries: 4,
+            keep_failed: true,
+            background: BackgroundMode::InProcess,
+            defaults: CommitOptions::default(),
+            fault_hold_frozen: None,
+        }
+    }
+}
+
+/// Options of one commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CommitOptions {
+    /// Compression of the new layer.
+    pub compression: Compression,
+    /// Labels added to the image config (`config.Labels`).
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the manifest.
+    pub annotations: BTreeMap<String, String>,
+    /// The history comment of the new layer.
+    pub message: Option<String>,
+    /// The history author.
+    pub author: Option<String>,
+    /// Registry hosts (`host` or `host:port`) reached over plain HTTP.
+    /// Loopback registries always are.
+    pub insecure_registries: Vec<String>,
+}

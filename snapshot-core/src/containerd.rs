@@ -1,0 +1,509 @@
+//! Resolving a container through containerd's gRPC API: its task, its
+//! overlayfs mount and its base image.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use containerd_client::services::v1::snapshots::MountsRequest;
+use containerd_client::services::v1::{
+    GetContainerRequest, GetImageRequest, GetRequest as GetTaskRequest, ReadContentRequest,
+};
+use containerd_client::tonic::{self, Code, Request, metadata::MetadataValue};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, StreamExt};
+
+use crate::error::{Error, Result};
+use crate::image::{self, Descriptor};
+
+/// What containerd knows of a running container.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    /// The container id.
+    pub id: String,
+    /// The image it was created from (a containerd image name).
+    pub image: String,
+    /// The snapshotter holding its root filesystem.
+    pub snapshotter: String,
+    /// The key of its active snapshot.
+    pub snapshot_key: String,
+    /// The pid of its init process.
+    pub pid: u32,
+}
+
+/// The kernel overlayfs mount of a container's root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayMount {
+    /// The writable layer.
+    pub upper: PathBuf,
+    /// The read-only layers, topmost first.
+    pub lowers: Vec<PathBuf>,
+    /// overlayfs' work directory.
+    pub work: Option<PathBuf>,
+    /// Whether overlay's private xattrs live in `user.overlay.*`.
+    pub userxattr: bool,
+}
+
+/// The base image of a container, read from containerd's content store.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    /// The containerd image name.
+    pub name: String,
+    /// The descriptor of the platform manifest used.
+    pub manifest_descriptor: Descriptor,
+    /// The manifest's bytes.
+    pub manifest: Vec<u8>,
+    /// The config's bytes.
+    pub config: Vec<u8>,
+}
+
+/// A client bound to one containerd socket and namespace.
+#[derive(Clone)]
+pub struct ContainerdClient {
+    client: std::sync::Arc<containerd_client::Client>,
+    address: String,
+    namespace: MetadataValue<tonic::metadata::Ascii>,
+    namespace_name: String,
+}
+
+impl std::fmt::Debug for ContainerdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerdClient")
+            .field("address", &self.address)
+            .field("namespace", &self.namespace_name)
+            .finish()
+    }
+}
+
+impl ContainerdClient {
+    /// Connects to containerd at `address` (a unix socket path), for `namespace`.
+    pub async fn connect(address: &str, namespace: &str) -> Result<Self> {
+        let ns = validate_namespace(namespace)?;
+        let address_path = address.strip_prefix("unix://").unwrap_or(address);
+        let client = containerd_client::Client::from_path(address_path)
+            .await
+            .map_err(|e| Error::Containerd {
+                address: address.to_string(),
+                message: format!("connect: {e}"),
+            })?;
+        Ok(ContainerdClient {
+            client: std::sync::Arc::new(client),
+            address: address.to_string(),
+            namespace: ns,
+            namespace_name: namespace.to_string(),
+        })
+    }
+
+    /// The namespace this client works in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace_name
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        req.metadata_mut()
+            .insert("containerd-namespace", self.namespace.clone());
+        req
+    }
+
+    fn rpc_error(&self, what: &str, status: &tonic::Status) -> Error {
+        Error::Containerd {
+            address: self.address.clone(),
+            message: format!("{what}: {} ({:?})", status.message(), status.code()),
+        }
+    }
+
+    /// The container and its running task.
+    pub async fn container(&self, id: &str) -> Result<ContainerInfo> {
+        let resp = self
+            .client
+            .containers()
+            .get(self.request(GetContainerRequest { id: id.to_string() }))
+            .await;
+        let container = match resp {
+            Ok(r) => r.into_inner().container,
+            Err(s) if s.code() == Code::NotFound => None,
+            Err(s) => return Err(self.rpc_error("get container", &s)),
+        };
+        let container = container.ok_or_else(|| Error::ContainerNotFound {
+            id: id.to_string(),
+            namespace: self.namespace_name.clone(),
+        })?;
+        let task = self
+            .client
+            .tasks()
+            .get(self.request(GetTaskRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await;
+        let process = match task {
+            Ok(r) => r.into_inner().process,
+            Err(s) if s.code() == Code::NotFound => None,
+            Err(s) => return Err(self.rpc_error("get task", &s)),
+        };
+        let Some(process) = process else {
+            return Err(Error::ContainerNotRunning {
+                id: id.to_string(),
+                status: "no task".to_string(),
+            });
+        };
+        let status = containerd_client::types::v1::Status::try_from(process.status)
+            .map(|s| s.as_str_name().to_ascii_lowercase())
+            .unwrap_or_else(|_| format!("unknown({})", process.status));
+        if status != "running" || process.pid == 0 {
+            return Err(Error::ContainerNotRunning {
+                id: id.to_string(),
+                status,
+            });
+        }
+        Ok(ContainerInfo {
+            id: id.to_string(),
+            image: container.image,
+            snapshotter: container.snapshotter,
+            snapshot_key: container.snapshot_key,
+            pid: process.pid,
+        })
+    }
+
+    /// The overlayfs mount of the container's snapshot. Any snapshotter whose
+    /// mount is kernel overlayfs is accepted.
+    pub async fn overlay_mount(&self, container: &ContainerInfo) -> Result<OverlayMount> {
+        if container.snapshot_key.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "container {} has no snapshot (rootfs not managed by a snapshotter)",
+                container.id
+            )));
+        }
+        let resp = self
+            .client
+            .snapshots()
+            .mounts(self.request(MountsRequest {
+                snapshotter: container.snapshotter.clone(),
+                key: container.snapshot_key.clone(),
+            }))
+            .await
+            .map_err(|s| self.rpc_error("snapshot mounts", &s))?
+            .into_inner();
+        let mounts: Vec<(String, Vec<String>)> = resp
+            .mounts
+            .into_iter()
+            .map(|m| (m.r#type, m.options))
+            .collect();
+        match mounts.as_slice() {
+            [(kind, options)] if kind == "overlay" => parse_overlay_options(options),
+            [(kind, _)] => Err(Error::Unsupported(format!(
+                "snapshotter {:?} mounts the rootfs as {kind:?}, not kernel overlayfs",
+                container.snapshotter
+            ))),
+            _ => Err(Error::Unsupported(format!(
+                "snapshotter {:?} returned {} mounts; expected one overlay mount",
+                container.snapshotter,
+                mounts.len()
+            ))),
+        }
+    }
+
+    /// Reads a whole blob from the content store (for small blobs: manifests, configs).
+    pub async fn read_content(&self, digest: &str) -> Result<Vec<u8>> {
+        let mut stream = self.content_stream(digest).await?.ok_or_else(|| {
+            Error::InvalidImage(format!("blob {digest} is not in containerd's content store"))
+        })?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    /// A stream of a blob from the content store, or `None` when absent.
+    pub async fn content_stream(
+        &self,
+        digest: &str,
+    ) -> Result<Option<BoxStream<'static, Result<Bytes>>>> {
+        let resp = self
+            .client
+            .content()
+            .read(self.request(ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            }))
+            .await;
+        let stream = match resp {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => return Err(self.rpc_error("read content", &s)),
+        };
+        let address = self.address.clone();
+        let digest = digest.to_string();
+        let mapped = stream.map(move |item| match item {
+            Ok(chunk) => Ok(Bytes::from(chunk.data)),
+            Err(s) => Err(Error::Containerd {
+                address: address.clone(),
+                message: format!("read content {digest}: {}", s.message()),
+            }),
+        });
+        Ok(Some(mapped.boxed()))
+    }
+
+    /// The container's base image: platform manifest and config.
+    pub async fn base_image(&self, name: &str) -> Result<BaseImage> {
+        let resp = self
+            .client
+            .images()
+            .get(self.request(GetImageRequest {
+                name: name.to_string(),
+            }))
+            .await;
+        let img = match resp {
+            Ok(r) => r.into_inner().image,
+            Err(s) if s.code() == Code::NotFound => None,
+            Err(s) => return Err(self.rpc_error("get image", &s)),
+        };
+        let img = img.ok_or_else(|| {
+            Error::InvalidImage(format!(
+                "base image {name:?} is no longer in containerd namespace {}",
+                self.namespace_name
+            ))
+        })?;
+        let target = img
+            .target
+            .ok_or_else(|| Error::InvalidImage(format!("image {name:?} has no target")))?;
+        let mut desc = Descriptor {
+            media_type: target.media_type,
+            digest: target.digest,
+            size: u64::try_from(target.size).unwrap_or(0),
+        };
+        let mut manifest = self.read_content(&desc.digest).await?;
+        // An index (multi-platform image) is resolved to the host's platform;
+        // nested indexes are followed a few levels at most.
+        for _ in 0..4 {
+            if !image::is_index(&desc.media_type, &manifest) {
+                break;
+            }
+            desc = image::select_platform(&manifest)?;
+            manifest = self.read_content(&desc.digest).await?;
+        }
+        let config_digest = serde_json::from_slice::<serde_json::Value>(&manifest)
+            .ok()
+            .and_then(|v| v["config"]["digest"].as_str().map(str::to_string))
+            .ok_or_else(|| {
+                Error::InvalidImage(format!("manifest {} of {name:?} has no config", desc.digest))
+            })?;
+        let config = self.read_content(&config_digest).await?;
+        Ok(BaseImage {
+            name: name.to_string(),
+            manifest_descriptor: desc,
+            manifest,
+            config,
+        })
+    }
+}
+
+impl crate::push::BlobSource for ContainerdClient {
+    fn open<'a>(
+        &'a self,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BoxStream<'static, Result<Bytes>>>>> {
+        Box::pin(self.content_stream(digest))
+    }
+}
+
+fn validate_namespace(ns: &str) -> Result<MetadataValue<tonic::metadata::Ascii>> {
+    // containerd's own rule: a label-like identifier.
+    let valid = !ns.is_empty()
+        && ns.len() <= 76
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && ns.as_bytes()[0].is_ascii_alphanumeric();
+    if !valid {
+        return Err(Error::InvalidArgument(format!(
+            "invalid containerd namespace {ns:?}"
+        )));
+    }
+    MetadataValue::try_from(ns)
+        .map_err(|e| Error::InvalidArgument(format!("invalid containerd namespace {ns:?}: {e}")))
+}
+
+/// Parses the options of an overlay mount as containerd reports them.
+pub fn parse_overlay_options(options: &[String]) -> Result<OverlayMount> {
+    let mut upper = None;
+    let mut lowers = Vec::new();
+    let mut work = None;
+    let mut userxattr = false;
+    for opt in options {
+        let (key, value) = opt.split_once('=').unwrap_or((opt.as_str(), ""));
+        match key {
+            "upperdir" => upper = Some(PathBuf::from(value)),
+            "lowerdir" => lowers = value.split(':').map(PathBuf::from).collect(),
+            "workdir" => work = Some(PathBuf::from(value)),
+            "userxattr" => userxattr = true,
+            // These change how the upper dir encodes the filesystem in ways a
+            // plain layer cannot express (renamed dirs, data in lower layers).
+            "redirect_dir" | "metacopy" if value == "on" => {
+                return Err(Error::Unsupported(format!(
+                    "overlay option {opt:?} is not supported"
+                )));
+            }
+            _ => {}
+        }
+    }
+    let upper = upper.ok_or_else(|| {
+        Error::Unsupported(
+            "overlay mount without upperdir (read-only rootfs): nothing to commit".to_string(),
+        )
+    })?;
+    if !upper.is_absolute() {
+        return Err(Error::Unsupported(format!(
+            "overlay upperdir {} is not an absolute path",
+            upper.display()
+        )));
+    }
+    Ok(OverlayMount {
+        upper,
+        lowers,
+        work,
+        userxattr,
+    })
+}
+
+/// Checks, in the container's own mount namespace, that its root is the
+/// overlay whose upper dir containerd reported, so that we copy the layer the
+/// processes really write to.
+pub fn check_mountinfo(pid: u32, upper: &Path) -> Result<()> {
+    let path = PathBuf::from(format!("/proc/{pid}/mountinfo"));
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+    check_mountinfo_text(&text, upper)
+}
+
+/// [`check_mountinfo`] on the text of a mountinfo file.
+pub fn check_mountinfo_text(text: &str, upper: &Path) -> Result<()> {
+    // The last mount on "/" is the visible root.
+    let root = text
+        .lines()
+        .filter_map(parse_mountinfo_line)
+        .filter(|m| m.mount_point == "/")
+        .last()
+        .ok_or_else(|| Error::Unsupported("container has no root mount in mountinfo".into()))?;
+    if root.fs_type != "overlay" {
+        return Err(Error::Unsupported(format!(
+            "container root is {:?}, not overlayfs",
+            root.fs_type
+        )));
+    }
+    let want = upper.to_string_lossy();
+    let found = root
+        .super_options
+        .split(',')
+        .filter_map(|o| o.strip_prefix("upperdir="))
+        .any(|u| u == want);
+    if !found {
+        return Err(Error::Unsupported(format!(
+            "container root overlay does not use upperdir {want} (super options: {})",
+            root.super_options
+        )));
+    }
+    Ok(())
+}
+
+struct MountinfoLine {
+    mount_point: String,
+    fs_type: String,
+    super_options: String,
+}
+
+fn parse_mountinfo_line(line: &str) -> Option<MountinfoLine> {
+    let (pre, post) = line.split_once(" - ")?;
+    let mount_point = unescape_mountinfo(pre.split(' ').nth(4)?);
+    let mut post = post.split(' ');
+    let fs_type = post.next()?.to_string();
+    let _source = post.next()?;
+    let super_options = unescape_mountinfo(post.next().unwrap_or(""));
+    Some(MountinfoLine {
+        mount_point,
+        fs_type,
+        super_options,
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn overlay_options() {
+        let m = parse_overlay_options(&opts(&[
+            "index=off",
+            "workdir=/var/lib/c/snapshots/3/work",
+            "upperdir=/var/lib/c/snapshots/3/fs",
+            "lowerdir=/var/lib/c/snapshots/2/fs:/var/lib/c/snapshots/1/fs",
+        ]))
+        .unwrap();
+        assert_eq!(m.upper, PathBuf::from("/var/lib/c/snapshots/3/fs"));
+        assert_eq!(m.lowers.len(), 2);
+        assert_eq!(m.work, Some(PathBuf::from("/var/lib/c/snapshots/3/work")));
+        assert!(!m.userxattr);
+
+        let e = parse_overlay_options(&opts(&["lowerdir=/a:/b"])).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+        let e = parse_overlay_options(&opts(&["upperdir=/u", "metacopy=on"])).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+        let e = parse_overlay_options(&opts(&["upperdir=/u", "redirect_dir=on"])).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+        assert!(parse_overlay_options(&opts(&["upperdir=/u", "redirect_dir=off"])).is_ok());
+    }
+
+    #[test]
+    fn mountinfo_root_overlay() {
+        let text = "\
+1 0 0:1 / / rw - ext4 /dev/vda rw
+2000 1900 0:99 / / rw,relatime - overlay overlay rw,lowerdir=/l1:/l2,upperdir=/var/lib/c/3/fs,workdir=/var/lib/c/3/work,index=off
+2001 2000 0:5 / /proc rw - proc proc rw
+";
+        check_mountinfo_text(text, Path::new("/var/lib/c/3/fs")).unwrap();
+        let e = check_mountinfo_text(text, Path::new("/other/fs")).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+        let e = check_mountinfo_text("1 0 0:1 / / rw - ext4 /dev/vda rw\n", Path::new("/u"))
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo(r"/a\134"), "/a\\");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn namespaces() {
+        assert!(validate_namespace("default").is_ok());
+        assert!(validate_namespace("seamless-12-3").is_ok());
+        assert!(validate_namespace("").is_err());
+        assert!(validate_namespace("bad ns").is_err());
+        assert!(validate_namespace("-x").is_err());
+    }
+}

@@ -1,0 +1,331 @@
+//! The one error type of the library and its stable kinds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every error the library returns.
+///
+/// Each variant maps to an [`ErrorKind`] with a stable numeric code (see
+/// [`ErrorKind::code`]) so that the C ABI and the Python module can expose
+/// them without string matching.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// containerd does not know a container with this id in the namespace.
+    #[error("container {id:?} not found in containerd namespace {namespace:?}")]
+    ContainerNotFound {
+        /// The container id that was asked for.
+        id: String,
+        /// The containerd namespace that was searched.
+        namespace: String,
+    },
+
+    /// The container exists but has no running task.
+    #[error("container {id:?} is not running (task status: {status})")]
+    ContainerNotRunning {
+        /// The container id.
+        id: String,
+        /// The task status containerd reported.
+        status: String,
+    },
+
+    /// The container's root filesystem is not a kernel overlayfs mount, or uses
+    /// an overlayfs feature whose writable layer cannot be converted faithfully.
+    #[error("unsupported root filesystem: {0}")]
+    Unsupported(String),
+
+    /// The target (or base) image reference cannot be parsed.
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference {
+        /// The reference as given.
+        reference: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// The registry refused the credentials (HTTP 401/403).
+    #[error("registry {registry} refused access: {message}")]
+    RegistryUnauthorized {
+        /// The registry host.
+        registry: String,
+        /// What the registry said.
+        message: String,
+    },
+
+    /// The registry could not be reached, or kept failing after retries.
+    #[error("registry {registry} unreachable: {message}")]
+    RegistryUnreachable {
+        /// The registry host.
+        registry: String,
+        /// The last transport error.
+        message: String,
+    },
+
+    /// The registry answered with an error that is neither auth nor transport.
+    #[error("registry {registry} error: {message}")]
+    Registry {
+        /// The registry host.
+        registry: String,
+        /// What the registry said.
+        message: String,
+    },
+
+    /// containerd could not be reached or answered with an unexpected error.
+    #[error("containerd at {address}: {message}")]
+    Containerd {
+        /// The socket address used.
+        address: String,
+        /// The gRPC status or transport error.
+        message: String,
+    },
+
+    /// The container's cgroup could not be frozen or thawed.
+    #[error("cgroup freezer {path}: {message}")]
+    Freeze {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// An I/O error, with the path it happened on.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done (`"open"`, `"copy"`, ...).
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A wait ran out of time. Background work, if any, continues.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+
+    /// No snapshot with this id is known in the state directory.
+    #[error("snapshot {0:?} not found")]
+    SnapshotNotFound(String),
+
+    /// The background build or push of a snapshot failed.
+    #[error("snapshot {id} failed ({kind}): {message}")]
+    JobFailed {
+        /// The snapshot id.
+        id: String,
+        /// The kind of the error that failed the job.
+        kind: ErrorKind,
+        /// Its message.
+        message: String,
+    },
+
+    /// The configuration or an argument is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// Image data (manifest, config, index) is malformed.
+    #[error("invalid image data: {0}")]
+    InvalidImage(String),
+
+    /// An internal invariant was broken; a bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The kind of an [`Error`], with a stable numeric code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// See [`Error::ContainerNotFound`].
+    ContainerNotFound,
+    /// See [`Error::ContainerNotRunning`].
+    ContainerNotRunning,
+    /// See [`Error::Unsupported`].
+    Unsupported,
+    /// See [`Error::InvalidReference`].
+    InvalidReference,
+    /// See [`Error::RegistryUnauthorized`].
+    RegistryUnauthorized,
+    /// See [`Error::RegistryUnreachable`].
+    RegistryUnreachable,
+    /// See [`Error::Registry`].
+    Registry,
+    /// See [`Error::Containerd`].
+    Containerd,
+    /// See [`Error::Freeze`].
+    Freeze,
+    /// See [`Error::Io`].
+    Io,
+    /// See [`Error::Timeout`].
+    Timeout,
+    /// See [`Error::SnapshotNotFound`].
+    SnapshotNotFound,
+    /// See [`Error::JobFailed`].
+    JobFailed,
+    /// See [`Error::InvalidArgument`].
+    InvalidArgument,
+    /// See [`Error::InvalidImage`].
+    InvalidImage,
+    /// See [`Error::Internal`].
+    Internal,
+}
+
+impl ErrorKind {
+    /// The stable numeric code of this kind. Codes are never reused or
+    /// renumbered; 0 is reserved for success in the C ABI.
+    pub fn code(self) -> u32 {
+        match self {
+            ErrorKind::ContainerNotFound => 1,
+            ErrorKind::ContainerNotRunning => 2,
+            ErrorKind::Unsupported => 3,
+            ErrorKind::InvalidReference => 4,
+            ErrorKind::RegistryUnauthorized => 5,
+            ErrorKind::RegistryUnreachable => 6,
+            ErrorKind::Registry => 7,
+            ErrorKind::Containerd => 8,
+            ErrorKind::Freeze => 9,
+            ErrorKind::Io => 10,
+            ErrorKind::Timeout => 11,
+            ErrorKind::SnapshotNotFound => 12,
+            ErrorKind::JobFailed => 13,
+            ErrorKind::InvalidArgument => 14,
+            ErrorKind::InvalidImage => 15,
+            ErrorKind::Internal => 16,
+        }
+    }
+
+    /// The snake_case name of this kind, as used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::ContainerNotFound => "container_not_found",
+            ErrorKind::ContainerNotRunning => "container_not_running",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::InvalidReference => "invalid_reference",
+            ErrorKind::RegistryUnauthorized => "registry_unauthorized",
+            ErrorKind::RegistryUnreachable => "registry_unreachable",
+            ErrorKind::Registry => "registry",
+            ErrorKind::Containerd => "containerd",
+            ErrorKind::Freeze => "freeze",
+            ErrorKind::Io => "io",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::SnapshotNotFound => "snapshot_not_found",
+            ErrorKind::JobFailed => "job_failed",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::InvalidImage => "invalid_image",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::ContainerNotFound { .. } => ErrorKind::ContainerNotFound,
+            Error::ContainerNotRunning { .. } => ErrorKind::ContainerNotRunning,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::InvalidReference { .. } => ErrorKind::InvalidReference,
+            Error::RegistryUnauthorized { .. } => ErrorKind::RegistryUnauthorized,
+            Error::RegistryUnreachable { .. } => ErrorKind::RegistryUnreachable,
+            Error::Registry { .. } => ErrorKind::Registry,
+            Error::Containerd { .. } => ErrorKind::Containerd,
+            Error::Freeze { .. } => ErrorKind::Freeze,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Timeout(_) => ErrorKind::Timeout,
+            Error::SnapshotNotFound(_) => ErrorKind::SnapshotNotFound,
+            Error::JobFailed { .. } => ErrorKind::JobFailed,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::InvalidImage(_) => ErrorKind::InvalidImage,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Builds an [`Error::Io`] from an error and the path it concerns.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Builds an [`Error::Io`] from a `nix` errno and the path it concerns.
+    pub fn errno(op: &'static str, path: impl Into<PathBuf>, errno: nix::errno::Errno) -> Self {
+        Error::io(op, path, std::io::Error::from_raw_os_error(errno as i32))
+    }
+}
+
+/// Extension to attach an operation and a path to `std::io::Result`s.
+pub trait IoContext<T> {
+    /// Converts the error into an [`Error::Io`] naming `op` and `path`.
+    fn at(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e))
+    }
+}
+
+impl<T> IoContext<T> for nix::Result<T> {
+    fn at(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::errno(op, path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_nonzero() {
+        let kinds = [
+            ErrorKind::ContainerNotFound,
+            ErrorKind::ContainerNotRunning,
+            ErrorKind::Unsupported,
+            ErrorKind::InvalidReference,
+            ErrorKind::RegistryUnauthorized,
+            ErrorKind::RegistryUnreachable,
+            ErrorKind::Registry,
+            ErrorKind::Containerd,
+            ErrorKind::Freeze,
+            ErrorKind::Io,
+            ErrorKind::Timeout,
+            ErrorKind::SnapshotNotFound,
+            ErrorKind::JobFailed,
+            ErrorKind::InvalidArgument,
+            ErrorKind::InvalidImage,
+            ErrorKind::Internal,
+        ];
+        let mut codes: Vec<u32> = kinds.iter().map(|k| k.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), kinds.len());
+        assert!(!codes.contains(&0));
+        for k in kinds {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+        }
+    }
+
+    #[test]
+    fn io_error_carries_path() {
+        let e = Error::io(
+            "open",
+            "/x/y",
+            std::io::Error::from_raw_os_error(libc::ENOENT),
+        );
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert!(e.to_string().contains("/x/y"));
+    }
+}

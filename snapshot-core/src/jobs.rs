@@ -1,0 +1,340 @@
+//! Background jobs: turning a capture directory into a layer, an image, and a
+//! push, with the status kept up to date on disk.
+//!
+//! A job is fully described by its [`JobSpec`] (`<state>/jobs/<id>/job.json`),
+//! so it can run in this process or in a detached worker process.
+//!
+//! Failure policy: on success the capture directory and the layer blob are
+//! removed. On failure they are kept when `keep_failed` is set (the default)
+//! so the cause can be examined and the job rerun with
+//! [`crate::ContainerdSnapshotter::run_job`]; otherwise they are removed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::CommitOptions;
+use crate::error::{Error, IoContext, Result};
+use crate::image::{self, Descriptor, History};
+use crate::layer;
+use crate::push::{self, BlobSource, PushRequest, RegistrySettings};
+use crate::status::{LayerInfo, SnapshotState, SnapshotStatus, StatusStore, Worker};
+
+const SPEC_FILE: &str = "job.json";
+const BLOB_FILE: &str = "layer.blob";
+/// How often progress is written to the status file at most.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Everything a background job needs, persisted next to its status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The snapshot id.
+    pub snapshot_id: String,
+    /// The source container.
+    pub container_id: String,
+    /// Where the image goes.
+    pub target_ref: String,
+    /// containerd's socket (to read base layers from its content store).
+    pub containerd_address: String,
+    /// The containerd namespace.
+    pub namespace: String,
+    /// The base image's containerd name.
+    pub base_image: String,
+    /// The base image's platform manifest descriptor.
+    pub base_manifest_descriptor: Descriptor,
+    /// The base manifest, verbatim.
+    pub base_manifest: String,
+    /// The base config, verbatim.
+    pub base_config: String,
+    /// The frozen copy of the writable layer.
+    pub capture_dir: PathBuf,
+    /// The instant the copy represents.
+    pub captured_at: DateTime<Utc>,
+    /// Commit options.
+    pub options: CommitOptions,
+    /// Docker config for credentials.
+    pub docker_config: Option<PathBuf>,
+    /// Retries of transient registry errors.
+    pub push_retries: u32,
+    /// Keep the capture directory and blob after a failure.
+    pub keep_failed: bool,
+}
+
+impl JobSpec {
+    /// Persists the spec in the job's directory.
+    pub fn save(&self, store: &StatusStore) -> Result<()> {
+        let data = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Internal(format!("serialize job: {e}")))?;
+        crate::status::write_atomic(&store.job_dir(&self.snapshot_id), SPEC_FILE, &data)
+    }
+
+    /// Loads a job's spec.
+    pub fn load(store: &StatusStore, id: &str) -> Result<JobSpec> {
+        crate::status::validate_id(id)?;
+        let path = store.job_dir(id).join(SPEC_FILE);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::SnapshotNotFound(id.to_string()));
+            }
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::InvalidArgument(format!("corrupt job {}: {e}", path.display())))
+    }
+}
+
+/// Writes status changes, throttling progress-only updates.
+pub struct StatusWriter {
+    store: StatusStore,
+    inner: Mutex<(SnapshotStatus, Instant)>,
+}
+
+impl StatusWriter {
+    /// Starts from `status` (written at once).
+    pub fn new(store: StatusStore, status: SnapshotStatus) -> Result<Self> {
+        store.write(&status)?;
+        Ok(StatusWriter {
+            store,
+            inner: Mutex::new((status, Instant::now())),
+        })
+    }
+
+    /// Applies `f` and writes the status now.
+    pub fn update(&self, f: impl FnOnce(&mut SnapshotStatus)) -> Result<()> {
+        let mut g = self.inner.lock().map_err(|_| poisoned())?;
+        f(&mut g.0);
+        g.1 = Instant::now();
+        self.store.write(&g.0)
+    }
+
+    /// Records progress; written at most every 250 ms. Progress is advisory:
+    /// a failed write is logged, not fatal.
+    pub fn progress(&self, done: u64, total: u64) {
+        let Ok(mut g) = self.inner.lock() else {
+            return;
+        };
+        g.0.progress.done = done;
+        g.0.progress.total = total;
+        if g.1.elapsed() >= PROGRESS_INTERVAL {
+            g.1 = Instant::now();
+            if let Err(e) = self.store.write(&g.0) {
+                tracing::warn!(error = %e, "writing progress failed");
+            }
+        }
+    }
+
+    /// A copy of the current status.
+    pub fn snapshot(&self) -> Result<SnapshotStatus> {
+        Ok(self.inner.lock().map_err(|_| poisoned())?.0.clone())
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Internal("status lock poisoned".into())
+}
+
+/// Runs a captured job to completion: build, assemble, push, clean up.
+/// The final state (completed or failed) is always written.
+pub async fn run(
+    spec: JobSpec,
+    store: StatusStore,
+    base: &dyn BlobSource,
+) -> Result<SnapshotStatus> {
+    let mut status = store.read(&spec.snapshot_id)?;
+    status.worker = Worker::current();
+    let writer = std::sync::Arc::new(StatusWriter::new(store.clone(), status)?);
+    let outcome = run_inner(&spec, &store, &writer, base).await;
+    let blob = store.job_dir(&spec.snapshot_id).join(BLOB_FILE);
+    match outcome {
+        Ok(()) => {
+            cleanup(&spec.capture_dir, &blob);
+        }
+        Err(ref e) => {
+            tracing::error!(snapshot = %spec.snapshot_id, error = %e, "snapshot job failed");
+            if !spec.keep_failed {
+                cleanup(&spec.capture_dir, &blob);
+            }
+            writer.update(|s| {
+                s.state = SnapshotState::Failed;
+                s.error = Some(e.into());
+            })?;
+        }
+    }
+    writer.snapshot()
+}
+
+fn cleanup(capture_dir: &Path, blob: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(capture_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %capture_dir.display(), error = %e, "removing capture dir failed");
+    }
+    if let Err(e) = std::fs::remove_file(blob)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %blob.display(), error = %e, "removing layer blob failed");
+    }
+}
+
+async fn run_inner(
+    spec: &JobSpec,
+    store: &StatusStore,
+    writer: &std::sync::Arc<StatusWriter>,
+    base: &dyn BlobSource,
+) -> Result<()> {
+    // Build the layer (blocking file work) off the async threads.
+    let started = Instant::now();
+    let total = dir_content_bytes(&spec.capture_dir);
+    writer.update(|s| {
+        s.state = SnapshotState::Building;
+        s.progress.done = 0;
+        s.progress.total = total;
+    })?;
+    let blob_path = store.job_dir(&spec.snapshot_id).join(BLOB_FILE);
+    // A rerun after a failure starts the blob afresh.
+    match std::fs::remove_file(&blob_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io("remove", &blob_path, e));
+        }
+        _ => {}
+    }
+    let capture_dir = spec.capture_dir.clone();
+    let compression = spec.options.compression;
+    let w = writer.clone();
+    let bp = blob_path.clone();
+    let blob = tokio::task::spawn_blocking(move || {
+        layer::build_layer(&capture_dir, &bp, compression, &mut |done| {
+            w.progress(done, total)
+        })
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("layer builder panicked: {e}")))??;
+
+    let layer_desc = Descriptor {
+        media_type: blob.media_type.clone(),
+        digest: blob.digest.clone(),
+        size: blob.size,
+    };
+    let history = History {
+        created: spec.captured_at,
+        created_by: format!("seamless-snapshot commit {}", spec.container_id),
+        comment: spec.options.message.clone(),
+        author: spec.options.author.clone(),
+    };
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        "org.opencontainers.image.base.name".to_string(),
+        spec.base_image.clone(),
+    );
+    annotations.insert(
+        "org.opencontainers.image.base.digest".to_string(),
+        spec.base_manifest_descriptor.digest.clone(),
+    );
+    annotations.insert(
+        "org.opencontainers.image.created".to_string(),
+        spec.captured_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    annotations.insert(
+        "io.seamless-snapshot.container".to_string(),
+        spec.container_id.clone(),
+    );
+    annotations.insert(
+        "io.seamless-snapshot.snapshot-id".to_string(),
+        spec.snapshot_id.clone(),
+    );
+    annotations.extend(spec.options.annotations.clone());
+    let new_image = image::assemble(
+        spec.base_manifest.as_bytes(),
+        spec.base_config.as_bytes(),
+        &layer_desc,
+        &blob.diff_id,
+        &history,
+        &spec.options.labels,
+        &annotations,
+    )?;
+    let build_time = started.elapsed();
+    let layer_info = LayerInfo {
+        digest: blob.digest.clone(),
+        diff_id: blob.diff_id.clone(),
+        size: blob.size,
+        media_type: blob.media_type.clone(),
+    };
+    writer.update(|s| {
+        s.timings.build = Some(build_time);
+        s.layer = Some(layer_info);
+        s.state = SnapshotState::Pushing;
+        s.progress.done = 0;
+        s.progress.total = 0;
+    })?;
+
+    let started = Instant::now();
+    let request = PushRequest {
+        target: spec.target_ref.clone(),
+        base_ref: Some(spec.base_image.clone()),
+        image: new_image,
+        new_layer: (layer_desc, blob_path),
+    };
+    let settings = RegistrySettings {
+        insecure: spec.options.insecure_registries.clone(),
+        docker_config: spec.docker_config.clone(),
+        retries: spec.push_retries,
+    };
+    let w = writer.clone();
+    let digest = push::push_image(&request, &settings, base, &move |done, total| {
+        w.progress(done, total)
+    })
+    .await?;
+    let push_time = started.elapsed();
+    writer.update(|s| {
+        s.timings.push = Some(push_time);
+        s.state = SnapshotState::Completed;
+        s.manifest_digest = Some(digest);
+        s.error = None;
+    })?;
+    Ok(())
+}
+
+/// Sum of regular-file sizes below `dir` (for progress totals; best effort).
+fn dir_content_bytes(dir: &Path) -> u64 {
+    fn walk(dir: &Path, total: &mut u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                walk(&e.path(), total);
+            } else if md.is_file() {
+                *total += md.len();
+            }
+        }
+    }
+    let mut total = 0;
+    walk(dir, &mut total);
+    total
+}
+
+/// Removes a capture directory whose capture failed (partial copies are
+/// useless); errors are logged.
+pub fn discard_capture(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %dir.display(), error = %e, "removing capture dir failed");
+    }
+}
+
+/// Creates `dir` if missing, mode 0700.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .at("create directory", dir)
+}

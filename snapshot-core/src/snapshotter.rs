@@ -1,0 +1,499 @@
+//! The containerd-backed implementation of [`SeamlessSnapshot`].
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use crate::capture::Capture;
+use crate::config::{BackgroundMode, CommitOptions, Config};
+use crate::containerd::{self, ContainerdClient};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::freeze;
+use crate::jobs::{self, JobSpec, StatusWriter};
+use crate::push;
+use crate::result::SnapshotResult;
+use crate::status::{ErrorInfo, SnapshotState, SnapshotStatus, StatusStore, Worker};
+use crate::{SeamlessSnapshot, jobs::ensure_private_dir};
+
+/// How often `wait` re-reads a status.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+/// Commits containers of one containerd namespace.
+///
+/// Owns a small tokio runtime for gRPC calls and in-process background jobs.
+/// Dropping it stops in-process jobs that have not finished; their status
+/// then reads `failed` once this process has exited.
+pub struct ContainerdSnapshotter {
+    config: Config,
+    store: StatusStore,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for ContainerdSnapshotter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerdSnapshotter")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn new_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("seamless-snapshot")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("start tokio runtime: {e}")))
+}
+
+impl ContainerdSnapshotter {
+    /// Creates an implementation from `config`. Creates the state directory;
+    /// does not contact containerd yet.
+    pub fn new(config: Config) -> Result<Self> {
+        ensure_private_dir(&config.state_dir)?;
+        Ok(ContainerdSnapshotter {
+            store: StatusStore::new(&config.state_dir),
+            config,
+            runtime: new_runtime()?,
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Commits with explicit per-commit `options`; with `wait`, also waits for
+    /// the push (as [`SeamlessSnapshot::commit_with_wait`]).
+    pub fn commit_with(
+        &self,
+        container_id: &str,
+        target_ref: &str,
+        options: &CommitOptions,
+        wait: Option<Duration>,
+    ) -> Result<SnapshotResult> {
+        let started = Instant::now();
+        let mut result = self.capture(container_id, target_ref, options)?;
+        if let Some(timeout) = wait {
+            let remaining = timeout.saturating_sub(started.elapsed());
+            let status = self.wait(&result.snapshot_id, remaining)?;
+            result.manifest_digest = status.manifest_digest;
+            result.layer = status.layer;
+        }
+        result.total_time = started.elapsed();
+        Ok(result)
+    }
+
+    /// Waits until a snapshot is completed. Returns [`Error::JobFailed`] when
+    /// it failed and [`Error::Timeout`] when `timeout` passes first (the job
+    /// goes on).
+    pub fn wait(&self, snapshot_id: &str, timeout: Duration) -> Result<SnapshotStatus> {
+        wait_for(&self.store, snapshot_id, timeout)
+    }
+
+    /// All snapshots in the state directory, oldest first.
+    pub fn list(&self) -> Result<Vec<SnapshotStatus>> {
+        let mut all = self.store.list()?;
+        for s in &mut all {
+            *s = effective_status(&self.store, s.clone())?;
+        }
+        Ok(all)
+    }
+
+    /// Runs (or reruns) the background part of a captured snapshot in this
+    /// process, to completion. This is what a [`BackgroundMode::Process`]
+    /// worker calls.
+    pub fn run_job(state_dir: &Path, snapshot_id: &str) -> Result<SnapshotStatus> {
+        let store = StatusStore::new(state_dir);
+        let spec = JobSpec::load(&store, snapshot_id)?;
+        let rt = new_runtime()?;
+        rt.block_on(async move {
+            let client = ContainerdClient::connect(&spec.containerd_address, &spec.namespace)
+                .await
+                .map_err(|e| {
+                    let _ = mark_failed(&store, snapshot_id, &e);
+                    e
+                })?;
+            jobs::run(spec, store, &client).await
+        })
+    }
+
+    /// Where the capture directory of a job goes: on the upper dir's
+    /// filesystem, so reflinks work and copies stay within one device.
+    fn capture_dir_for(&self, id: &str, upper: &Path) -> Result<PathBuf> {
+        if let Some(root) = &self.config.capture_root {
+            ensure_private_dir(root)?;
+            return Ok(root.join(id));
+        }
+        let upper_dev = std::fs::metadata(upper).at("stat", upper)?.dev();
+        let job_dir = self.store.job_dir(id);
+        let job_dev = std::fs::metadata(&job_dir).at("stat", &job_dir)?.dev();
+        if job_dev == upper_dev {
+            return Ok(job_dir.join("capture"));
+        }
+        // <snapshotter root>/snapshots/<n>/fs -> <snapshotter root>/seamless-capture/<id>
+        let root = upper
+            .ancestors()
+            .nth(3)
+            .ok_or_else(|| Error::Unsupported(format!("unexpected upper dir {}", upper.display())))?
+            .join("seamless-capture");
+        ensure_private_dir(&root)?;
+        Ok(root.join(id))
+    }
+
+    fn capture(
+        &self,
+        container_id: &str,
+        target_ref: &str,
+        options: &CommitOptions,
+    ) -> Result<SnapshotResult> {
+        let started = Instant::now();
+        // Reject a bad target before anything is touched.
+        push::parse_reference(target_ref)?;
+        let (client, container, mount, base) = self.runtime.block_on(async {
+            let client =
+                ContainerdClient::connect(&self.config.containerd_address, &self.config.namespace)
+                    .await?;
+            let container = client.container(container_id).await?;
+            let mount = client.overlay_mount(&container).await?;
+            let base = client.base_image(&container.image).await?;
+            Ok::<_, Error>((client, container, mount, base))
+        })?;
+        drop(client);
+        containerd::check_mountinfo(container.pid, &mount.upper)?;
+        let freezer = freeze::freezer_for_pid(container.pid)?;
+
+        let id = new_snapshot_id();
+        self.store.create_job_dir(&id)?;
+        let mut status = SnapshotStatus::new(&id, container_id, target_ref);
+        status.state = SnapshotState::Capturing;
+        status.worker = Worker::current();
+        let writer = StatusWriter::new(self.store.clone(), status)?;
+
+        let capture_dir = match self.capture_dir_for(&id, &mount.upper) {
+            Ok(d) => d,
+            Err(e) => return Err(self.fail(&writer, e)),
+        };
+        let outcome = self.capture_frozen(&mount.upper, &capture_dir, freezer.as_ref(), &writer);
+        let (capture, pause, captured_at) = match outcome {
+            Ok(v) => v,
+            Err(e) => {
+                jobs::discard_capture(&capture_dir);
+                return Err(self.fail(&writer, e));
+            }
+        };
+        let capture_time = started.elapsed();
+        let (files, bytes) = capture.totals();
+
+        let spec = JobSpec {
+            snapshot_id: id.clone(),
+            container_id: container_id.to_string(),
+            target_ref: target_ref.to_string(),
+            containerd_address: self.config.containerd_address.clone(),
+            namespace: self.config.namespace.clone(),
+            base_image: base.name.clone(),
+            base_manifest_descriptor: base.manifest_descriptor.clone(),
+            base_manifest: String::from_utf8_lossy(&base.manifest).into_owned(),
+            base_config: String::from_utf8_lossy(&base.config).into_owned(),
+            capture_dir: capture_dir.clone(),
+            captured_at,
+            options: merge_options(&self.config.defaults, options),
+            docker_config: self.config.docker_config.clone(),
+            push_retries: self.config.push_retries,
+            keep_failed: self.config.keep_failed,
+        };
+        if let Err(e) = spec.save(&self.store) {
+            jobs::discard_capture(&capture_dir);
+            return Err(self.fail(&writer, e));
+        }
+        writer.update(|s| {
+            s.state = SnapshotState::Captured;
+            s.timings.capture = Some(capture_time);
+            s.timings.pause = Some(pause.pause);
+            s.progress.done = bytes;
+            s.progress.total = bytes;
+        })?;
+        drop(writer);
+        self.start_background(spec)?;
+
+        Ok(SnapshotResult {
+            snapshot_id: id,
+            container_id: container_id.to_string(),
+            target_ref: target_ref.to_string(),
+            pause_time: pause.pause,
+            total_time: started.elapsed(),
+            old_upper_dir: capture_dir,
+            new_upper_dir: mount.upper.clone(),
+            files_captured: files,
+            bytes_captured: bytes,
+            capture_strategy: capture.strategy(),
+            freezer: freezer.kind(),
+            captured_at,
+            base_image: base.name,
+            manifest_digest: None,
+            layer: None,
+        })
+    }
+
+    /// Pre-copies, then freezes, syncs and thaws.
+    fn capture_frozen(
+        &self,
+        upper: &Path,
+        dest: &Path,
+        freezer: &dyn freeze::Freezer,
+        writer: &StatusWriter,
+    ) -> Result<(Capture, freeze::PauseTiming, chrono::DateTime<Utc>)> {
+        let mut capture = Capture::new(upper, dest)?;
+        let pre = capture.precopy(&mut |done| writer.progress(done, 0))?;
+        tracing::debug!(entries = pre.entries, bytes = pre.bytes_copied, took = ?pre.duration, "pre-copy done");
+        let hold = self.config.fault_hold_frozen;
+        let ((sync, captured_at), pause) = freeze::with_frozen(
+            freezer,
+            self.config.freeze_timeout,
+            self.config.max_pause,
+            || {
+                let at = Utc::now();
+                let stats = capture.sync_frozen()?;
+                if let Some(h) = hold {
+                    std::thread::sleep(h);
+                }
+                Ok((stats, at))
+            },
+        )?;
+        tracing::info!(
+            pause_us = pause.pause.as_micros() as u64,
+            synced_entries = sync.entries,
+            recopied_bytes = sync.bytes_copied,
+            removed = sync.removed,
+            "container thawed"
+        );
+        Ok((capture, pause, captured_at))
+    }
+
+    fn fail(&self, writer: &StatusWriter, e: Error) -> Error {
+        if let Err(we) = writer.update(|s| {
+            s.state = SnapshotState::Failed;
+            s.error = Some((&e).into());
+        }) {
+            tracing::warn!(error = %we, "recording failure failed");
+        }
+        e
+    }
+
+    fn start_background(&self, spec: JobSpec) -> Result<()> {
+        match &self.config.background {
+            BackgroundMode::InProcess => {
+                let store = self.store.clone();
+                let address = self.config.containerd_address.clone();
+                let namespace = self.config.namespace.clone();
+                self.runtime.spawn(async move {
+                    let id = spec.snapshot_id.clone();
+                    let client = match ContainerdClient::connect(&address, &namespace).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = mark_failed(&store, &id, &e);
+                            return;
+                        }
+                    };
+                    if let Err(e) = jobs::run(spec, store, &client).await {
+                        tracing::error!(snapshot = %id, error = %e, "background job error");
+                    }
+                });
+                Ok(())
+            }
+            BackgroundMode::Process { program, args } => {
+                let log = self.store.job_dir(&spec.snapshot_id).join("worker.log");
+                let log_file = std::fs::File::create(&log).at("create", &log)?;
+                let log_err = log_file.try_clone().at("dup", &log)?;
+                std::process::Command::new(program)
+                    .args(args)
+                    .arg(&self.config.state_dir)
+                    .arg(&spec.snapshot_id)
+                    .stdin(Stdio::null())
+                    .stdout(log_file)
+                    .stderr(log_err)
+                    // Its own process group: a Ctrl-C on the committer's
+                    // terminal does not stop the upload.
+                    .process_group(0)
+                    .spawn()
+                    .at("spawn worker", program)?;
+                // The worker is reaped by init once we exit; a zombie until then.
+                Ok(())
+            }
+        }
+    }
+}
+
+fn mark_failed(store: &StatusStore, id: &str, e: &Error) -> Result<()> {
+    let mut s = store.read(id)?;
+    s.state = SnapshotState::Failed;
+    s.error = Some(e.into());
+    store.write(&s)
+}
+
+/// Per-commit options on top of the configured defaults.
+fn merge_options(defaults: &CommitOptions, given: &CommitOptions) -> CommitOptions {
+    let mut o = given.clone();
+    for (k, v) in &defaults.labels {
+        o.labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    for (k, v) in &defaults.annotations {
+        o.annotations.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    if o.message.is_none() {
+        o.message = defaults.message.clone();
+    }
+    if o.author.is_none() {
+        o.author = defaults.author.clone();
+    }
+    for h in &defaults.insecure_registries {
+        if !o.insecure_registries.contains(h) {
+            o.insecure_registries.push(h.clone());
+        }
+    }
+    o
+}
+
+/// A new snapshot id: time-ordered and unique.
+fn new_snapshot_id() -> String {
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S"), &uuid[..12])
+}
+
+/// A status as it really is: a non-terminal job whose worker process is gone
+/// is reported as failed.
+fn effective_status(store: &StatusStore, status: SnapshotStatus) -> Result<SnapshotStatus> {
+    if status.state.is_terminal() {
+        return Ok(status);
+    }
+    match status.worker {
+        Some(w) if !w.is_alive() => {
+            // The worker may have finished between our read and the check.
+            let mut again = store.read(&status.snapshot_id)?;
+            if !again.state.is_terminal() {
+                again.error = Some(ErrorInfo::from(&Error::Internal(format!(
+                    "the process running this snapshot (pid {}) exited while it was {}",
+                    w.pid, again.state
+                ))));
+                again.state = SnapshotState::Failed;
+            }
+            Ok(again)
+        }
+        _ => Ok(status),
+    }
+}
+
+/// Waits on the status store (works across processes).
+pub fn wait_for(store: &StatusStore, id: &str, timeout: Duration) -> Result<SnapshotStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = effective_status(store, store.read(id)?)?;
+        match status.state {
+            SnapshotState::Completed => return Ok(status),
+            SnapshotState::Failed => {
+                let (kind, message) = status
+                    .error
+                    .map(|e| (e.kind, e.message))
+                    .unwrap_or((ErrorKind::Internal, "unknown error".into()));
+                return Err(Error::JobFailed {
+                    id: id.to_string(),
+                    kind,
+                    message,
+                });
+            }
+            _ => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Timeout(timeout));
+        }
+        std::thread::sleep(WAIT_POLL.min(deadline - now));
+    }
+}
+
+/// Reads a snapshot's status from a state directory, without containerd.
+pub fn read_status(state_dir: &Path, id: &str) -> Result<SnapshotStatus> {
+    let store = StatusStore::new(state_dir);
+    effective_status(&store, store.read(id)?)
+}
+
+impl SeamlessSnapshot for ContainerdSnapshotter {
+    fn commit(&self, container_id: &str, target_ref: &str) -> Result<SnapshotResult> {
+        self.commit_with(container_id, target_ref, &CommitOptions::default(), None)
+    }
+
+    fn commit_with_wait(
+        &self,
+        container_id: &str,
+        target_ref: &str,
+        timeout: Duration,
+    ) -> Result<SnapshotResult> {
+        self.commit_with(
+            container_id,
+            target_ref,
+            &CommitOptions::default(),
+            Some(timeout),
+        )
+    }
+
+    fn get_status(&self, snapshot_id: &str) -> Result<SnapshotStatus> {
+        effective_status(&self.store, self.store.read(snapshot_id)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_valid_and_unique() {
+        let a = new_snapshot_id();
+        let b = new_snapshot_id();
+        assert_ne!(a, b);
+        crate::status::validate_id(&a).unwrap();
+    }
+
+    #[test]
+    fn options_merge_keeps_given_values() {
+        let mut d = CommitOptions::default();
+        d.labels.insert("a".into(), "default".into());
+        d.labels.insert("b".into(), "default".into());
+        d.message = Some("dm".into());
+        d.insecure_registries.push("r:5000".into());
+        let mut g = CommitOptions::default();
+        g.labels.insert("a".into(), "given".into());
+        let m = merge_options(&d, &g);
+        assert_eq!(m.labels["a"], "given");
+        assert_eq!(m.labels["b"], "default");
+        assert_eq!(m.message.as_deref(), Some("dm"));
+        assert_eq!(m.insecure_registries, vec!["r:5000".to_string()]);
+    }
+
+    #[test]
+    fn dead_worker_reads_failed_and_wait_times_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StatusStore::new(tmp.path());
+        store.create_job_dir("j1").unwrap();
+        let mut s = SnapshotStatus::new("j1", "c", "r/x:y");
+        s.state = SnapshotState::Pushing;
+        s.worker = Some(Worker {
+            pid: std::process::id(),
+            start_ticks: 1,
+        });
+        store.write(&s).unwrap();
+        let err = wait_for(&store, "j1", Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::JobFailed);
+
+        store.create_job_dir("j2").unwrap();
+        let mut s = SnapshotStatus::new("j2", "c", "r/x:y");
+        s.state = SnapshotState::Building;
+        s.worker = Worker::current();
+        store.write(&s).unwrap();
+        let err = wait_for(&store, "j2", Duration::from_millis(150)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+    }
+}

@@ -1,0 +1,429 @@
+//! Snapshot status, and its store in the state directory.
+//!
+//! Each snapshot has a directory `<state>/jobs/<id>/` holding `status.json`.
+//! Writes go to a temporary file that is fsynced and renamed over the old one,
+//! so a reader in another process sees either the old or the new status, and a
+//! crash never leaves a torn file.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+
+/// Serde helpers writing durations as seconds (a float).
+pub mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes a duration as float seconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    /// Deserializes float seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
+    }
+
+    /// The same for `Option<Duration>`.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Serializes an optional duration as float seconds or null.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_some(&d.as_secs_f64()),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Deserializes optional float seconds.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            match Option::<f64>::deserialize(d)? {
+                Some(v) => Duration::try_from_secs_f64(v)
+                    .map(Some)
+                    .map_err(serde::de::Error::custom),
+                None => Ok(None),
+            }
+        }
+    }
+}
+
+/// The life cycle of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotState {
+    /// Accepted, nothing done yet.
+    Pending,
+    /// Copying the writable layer (pre-copy, freeze, sync, thaw).
+    Capturing,
+    /// The point-in-time copy exists; the container runs on.
+    Captured,
+    /// Packing the layer and building config and manifest.
+    Building,
+    /// Uploading blobs and the manifest.
+    Pushing,
+    /// The manifest is in the registry under the target reference.
+    Completed,
+    /// The snapshot failed; see `error`.
+    Failed,
+}
+
+impl SnapshotState {
+    /// Whether no further transition happens.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SnapshotState::Completed | SnapshotState::Failed)
+    }
+}
+
+impl std::fmt::Display for SnapshotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            SnapshotState::Pending => "pending",
+            SnapshotState::Capturing => "capturing",
+            SnapshotState::Captured => "captured",
+            SnapshotState::Building => "building",
+            SnapshotState::Pushing => "pushing",
+            SnapshotState::Completed => "completed",
+            SnapshotState::Failed => "failed",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Progress of the current phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Bytes done in the current phase.
+    pub done: u64,
+    /// Bytes the current phase has in all (0 when not known yet).
+    pub total: u64,
+}
+
+/// How long each phase took (`None`: not run yet).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTimings {
+    /// The whole capture, pre-copy through thaw.
+    #[serde(with = "secs::option", default)]
+    pub capture: Option<Duration>,
+    /// The pause felt by the container: freeze requested to thaw completed.
+    #[serde(with = "secs::option", default)]
+    pub pause: Option<Duration>,
+    /// Packing the layer, config and manifest.
+    #[serde(with = "secs::option", default)]
+    pub build: Option<Duration>,
+    /// Uploading blobs and manifest.
+    #[serde(with = "secs::option", default)]
+    pub push: Option<Duration>,
+}
+
+/// An error, as stored and reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The error's kind.
+    pub kind: ErrorKind,
+    /// The kind's stable numeric code.
+    pub code: u32,
+    /// The error message.
+    pub message: String,
+}
+
+impl From<&Error> for ErrorInfo {
+    fn from(e: &Error) -> Self {
+        ErrorInfo {
+            kind: e.kind(),
+            code: e.kind().code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The new layer, once built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// Digest of the compressed blob.
+    pub digest: String,
+    /// Digest of the uncompressed tar.
+    pub diff_id: String,
+    /// Size of the compressed blob in bytes.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
+}
+
+/// Which process runs a job, to tell a live job from an orphaned one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22),
+    /// so a recycled pid is not mistaken for the worker.
+    pub start_ticks: u64,
+}
+
+impl Worker {
+    /// This process.
+    pub fn current() -> Option<Worker> {
+        let pid = std::process::id();
+        process_start_ticks(pid).map(|start_ticks| Worker { pid, start_ticks })
+    }
+
+    /// Whether the worker process still runs.
+    pub fn is_alive(&self) -> bool {
+        process_start_ticks(self.pid) == Some(self.start_ticks)
+    }
+}
+
+fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')' come field 3 (state) onwards; start time is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The status of a snapshot, as returned by `get_status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotStatus {
+    /// The snapshot id.
+    pub snapshot_id: String,
+    /// The container it was taken from.
+    pub container_id: String,
+    /// Where the image goes.
+    pub target_ref: String,
+    /// Where the snapshot is in its life cycle.
+    pub state: SnapshotState,
+    /// Progress of the current phase.
+    pub progress: Progress,
+    /// Durations of the phases done so far.
+    pub timings: PhaseTimings,
+    /// Why it failed, when `state` is `failed`.
+    pub error: Option<ErrorInfo>,
+    /// The pushed manifest's digest, when `state` is `completed`.
+    pub manifest_digest: Option<String>,
+    /// The new layer, once built.
+    pub layer: Option<LayerInfo>,
+    /// When the snapshot was requested.
+    pub created_at: DateTime<Utc>,
+    /// When this status was last written.
+    pub updated_at: DateTime<Utc>,
+    /// The process running the background job, if any.
+    pub worker: Option<Worker>,
+}
+
+impl SnapshotStatus {
+    /// A fresh, pending status.
+    pub fn new(snapshot_id: &str, container_id: &str, target_ref: &str) -> Self {
+        let now = Utc::now();
+        SnapshotStatus {
+            snapshot_id: snapshot_id.to_string(),
+            container_id: container_id.to_string(),
+            target_ref: target_ref.to_string(),
+            state: SnapshotState::Pending,
+            progress: Progress::default(),
+            timings: PhaseTimings::default(),
+            error: None,
+            manifest_digest: None,
+            layer: None,
+            created_at: now,
+            updated_at: now,
+            worker: None,
+        }
+    }
+}
+
+/// Reads and writes job records under `<state>/jobs/`.
+#[derive(Debug, Clone)]
+pub struct StatusStore {
+    jobs: PathBuf,
+}
+
+const STATUS_FILE: &str = "status.json";
+
+impl StatusStore {
+    /// A store rooted at `<state_dir>/jobs`. Nothing is created yet.
+    pub fn new(state_dir: &Path) -> Self {
+        StatusStore {
+            jobs: state_dir.join("jobs"),
+        }
+    }
+
+    /// The directory of one job.
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.jobs.join(id)
+    }
+
+    /// Creates the directory of a new job (mode 0700: it holds a copy of the
+    /// container's files).
+    pub fn create_job_dir(&self, id: &str) -> Result<PathBuf> {
+        validate_id(id)?;
+        fs::create_dir_all(&self.jobs).at("create directory", &self.jobs)?;
+        let dir = self.job_dir(id);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .at("create directory", &dir)?;
+        Ok(dir)
+    }
+
+    /// Atomically replaces the job's status (temp file, fsync, rename).
+    pub fn write(&self, status: &SnapshotStatus) -> Result<()> {
+        validate_id(&status.snapshot_id)?;
+        let dir = self.job_dir(&status.snapshot_id);
+        let mut status = status.clone();
+        status.updated_at = Utc::now();
+        let json = serde_json::to_vec_pretty(&status)
+            .map_err(|e| Error::Internal(format!("serialize status: {e}")))?;
+        write_atomic(&dir, STATUS_FILE, &json)
+    }
+
+    /// Reads a job's status.
+    pub fn read(&self, id: &str) -> Result<SnapshotStatus> {
+        validate_id(id)?;
+        let path = self.job_dir(id).join(STATUS_FILE);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::SnapshotNotFound(id.to_string()));
+            }
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::InvalidArgument(format!("corrupt status {}: {e}", path.display())))
+    }
+
+    /// All known snapshot ids, oldest first.
+    pub fn list(&self) -> Result<Vec<SnapshotStatus>> {
+        let entries = match fs::read_dir(&self.jobs) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read directory", &self.jobs, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.at("read directory", &self.jobs)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            match self.read(&name) {
+                Ok(s) => out.push(s),
+                // A job directory without status yet, or a foreign file: skip.
+                Err(Error::SnapshotNotFound(_)) | Err(Error::InvalidArgument(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(out)
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// Writes `name` in `dir` atomically and durably.
+pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let dst = dir.join(name);
+    let mut f = fs::File::create(&tmp).at("create", &tmp)?;
+    f.write_all(data).at("write", &tmp)?;
+    f.sync_all().at("fsync", &tmp)?;
+    drop(f);
+    fs::rename(&tmp, &dst).at("rename", &dst)?;
+    // Make the rename itself durable.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Snapshot ids become directory names: accept only a safe alphabet.
+pub(crate) fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("invalid snapshot id {id:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_roundtrip_and_list() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StatusStore::new(tmp.path());
+        store.create_job_dir("a1").unwrap();
+        let mut s = SnapshotStatus::new("a1", "c", "localhost:5000/x:y");
+        s.state = SnapshotState::Building;
+        s.progress = Progress {
+            done: 5,
+            total: 10,
+        };
+        s.timings.pause = Some(Duration::from_micros(80));
+        store.write(&s).unwrap();
+        let back = store.read("a1").unwrap();
+        assert_eq!(back.state, SnapshotState::Building);
+        assert_eq!(back.progress.done, 5);
+        assert_eq!(back.timings.pause, Some(Duration::from_micros(80)));
+        // No temp file left behind.
+        let names: Vec<_> = fs::read_dir(store.job_dir("a1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("status.json")]);
+        store.create_job_dir("b2").unwrap();
+        assert_eq!(store.list().unwrap().len(), 1, "b2 has no status yet");
+    }
+
+    #[test]
+    fn unknown_and_invalid_ids() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StatusStore::new(tmp.path());
+        assert_eq!(
+            store.read("nope").unwrap_err().kind(),
+            ErrorKind::SnapshotNotFound
+        );
+        assert_eq!(
+            store.read("../etc").unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn durations_serialize_as_seconds() {
+        let t = PhaseTimings {
+            pause: Some(Duration::from_millis(1500)),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["pause"], serde_json::json!(1.5));
+        assert!(v["build"].is_null());
+    }
+
+    #[test]
+    fn worker_liveness() {
+        let me = Worker::current().unwrap();
+        assert!(me.is_alive());
+        let stale = Worker {
+            pid: me.pid,
+            start_ticks: me.start_ticks + 1,
+        };
+        assert!(!stale.is_alive());
+    }
+}
