@@ -7,14 +7,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use seamless_snapshot::config::{
-    DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_STATE_DIR,
-};
+use seamless_snapshot::config::{DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_STATE_DIR};
 use seamless_snapshot::snapshotter::read_status;
 use seamless_snapshot::status::StatusStore;
 use seamless_snapshot::{
     BackgroundMode, CommitOptions, Compression, Config, ContainerdSnapshotter, Error,
-    SeamlessSnapshot, SnapshotState, SnapshotStatus,
+    SnapshotState, SnapshotStatus,
 };
 
 #[derive(Parser, Debug)]
@@ -214,7 +212,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             if wait {
                 let remaining = timeout.saturating_sub(started.elapsed());
-                let status = wait_with_progress(&cli.state_dir, &result.snapshot_id, remaining, !json)?;
+                let status =
+                    wait_with_progress(&cli.state_dir, &result.snapshot_id, remaining, !json)?;
                 result.manifest_digest = status.manifest_digest;
                 result.layer = status.layer;
                 result.total_time = started.elapsed();

@@ -206,7 +206,9 @@ impl ContainerdClient {
     /// Reads a whole blob from the content store (for small blobs: manifests, configs).
     pub async fn read_content(&self, digest: &str) -> Result<Vec<u8>> {
         let mut stream = self.content_stream(digest).await?.ok_or_else(|| {
-            Error::InvalidImage(format!("blob {digest} is not in containerd's content store"))
+            Error::InvalidImage(format!(
+                "blob {digest} is not in containerd's content store"
+            ))
         })?;
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -288,7 +290,10 @@ impl ContainerdClient {
             .ok()
             .and_then(|v| v["config"]["digest"].as_str().map(str::to_string))
             .ok_or_else(|| {
-                Error::InvalidImage(format!("manifest {} of {name:?} has no config", desc.digest))
+                Error::InvalidImage(format!(
+                    "manifest {} of {name:?} has no config",
+                    desc.digest
+                ))
             })?;
         let config = self.read_content(&config_digest).await?;
         Ok(BaseImage {
@@ -433,7 +438,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;

@@ -237,7 +237,8 @@ async fn run_inner(
     );
     annotations.insert(
         "org.opencontainers.image.created".to_string(),
-        spec.captured_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        spec.captured_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     );
     annotations.insert(
         "io.seamless-snapshot.container".to_string(),

@@ -355,7 +355,9 @@ pub(crate) fn validate_id(id: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!("invalid snapshot id {id:?}")))
+        Err(Error::InvalidArgument(format!(
+            "invalid snapshot id {id:?}"
+        )))
     }
 }
 
@@ -370,10 +372,7 @@ mod tests {
         store.create_job_dir("a1").unwrap();
         let mut s = SnapshotStatus::new("a1", "c", "localhost:5000/x:y");
         s.state = SnapshotState::Building;
-        s.progress = Progress {
-            done: 5,
-            total: 10,
-        };
+        s.progress = Progress { done: 5, total: 10 };
         s.timings.pause = Some(Duration::from_micros(80));
         store.write(&s).unwrap();
         let back = store.read("a1").unwrap();
