@@ -1264,7 +1264,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(file.path()).unwrap(), "");
 
         // The armed watchdog must not hold the parent's other fds open.
-        let (r, w) = std::io::pipe().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let r = File::from(r);
         let wd = Watchdog::arm(file.path(), b"THAWED", BOUND).unwrap();
         drop(w);
         let mut rest = Vec::new();
@@ -1412,6 +1413,10 @@ mod tests {
 
     impl TestCgroup {
         fn new(kind: FreezerKind) -> Option<Self> {
+            Self::with_command(kind, &["sleep", "30"])
+        }
+
+        fn with_command(kind: FreezerKind, argv: &[&str]) -> Option<Self> {
             if unsafe { libc::geteuid() } != 0 {
                 eprintln!("not root: skipped");
                 return None;
@@ -1431,7 +1436,7 @@ mod tests {
             let dir =
                 Path::new(base).join(format!("seamless-test-{}-{nanos:x}", std::process::id()));
             std::fs::create_dir(&dir).unwrap();
-            let child = match Command::new("sleep").arg("30").spawn() {
+            let child = match Command::new(argv[0]).args(&argv[1..]).spawn() {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = std::fs::remove_dir(&dir);
@@ -1565,6 +1570,51 @@ mod tests {
                 median(th)
             );
         }
+    }
+
+    /// utime + stime of a process, in clock ticks.
+    fn cpu_ticks(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_comm.split(' ').collect();
+        // Fields 14 and 15 of stat; after_comm starts at field 3.
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// A CPU-bound task really stops running while frozen.
+    fn busy_task_stops(kind: FreezerKind) {
+        let Some(cg) = TestCgroup::with_command(kind, &["sh", "-c", "while :; do :; done"]) else {
+            return;
+        };
+        let pid = cg.child.id();
+        std::thread::sleep(Duration::from_millis(50));
+        let ((before, after), t) = with_frozen(&*cg.freezer(), T, BOUND, || {
+            let before = cpu_ticks(pid);
+            std::thread::sleep(Duration::from_millis(200));
+            Ok((before, cpu_ticks(pid)))
+        })
+        .unwrap();
+        assert_eq!(before, after, "task ran while frozen");
+        let start = cpu_ticks(pid);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cpu_ticks(pid) == start {
+            assert!(Instant::now() < deadline, "task does not run after thaw");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        println!(
+            "{kind:?} busy task: freeze took {:?}, thaw {:?}",
+            t.freeze, t.thaw
+        );
+    }
+
+    #[test]
+    fn v2_busy_task_stops() {
+        busy_task_stops(FreezerKind::V2);
+    }
+
+    #[test]
+    fn v1_busy_task_stops() {
+        busy_task_stops(FreezerKind::V1);
     }
 
     #[test]

@@ -96,7 +96,8 @@ impl std::fmt::Display for SnapshotState {
             SnapshotState::Completed => "completed",
             SnapshotState::Failed => "failed",
         };
-        f.write_str(s)
+        // `pad` so that width and alignment flags work in tables.
+        f.pad(s)
     }
 }
 
