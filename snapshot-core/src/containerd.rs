@@ -388,8 +388,7 @@ pub fn check_mountinfo_text(text: &str, upper: &Path) -> Result<()> {
     let root = text
         .lines()
         .filter_map(parse_mountinfo_line)
-        .filter(|m| m.mount_point == "/")
-        .last()
+        .rfind(|m| m.mount_point == "/")
         .ok_or_else(|| Error::Unsupported("container has no root mount in mountinfo".into()))?;
     if root.fs_type != "overlay" {
         return Err(Error::Unsupported(format!(

@@ -71,6 +71,13 @@ fn freeze_error(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
+/// `now + d`, saturating at a year for absurd durations.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
+}
+
 /// Opens a cgroup control file once, so that the frozen window has no path
 /// lookups. `File` opens with `O_CLOEXEC`.
 fn open_control(path: &Path, read: bool, write: bool) -> Result<File> {
@@ -155,7 +162,7 @@ impl CgroupV2Freezer {
     /// for a state that is already there.
     fn wait_frozen(&self, want: bool, timeout: Duration) -> Result<bool> {
         let _slack = FineTimerSlack::set();
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         loop {
             // Reading also re-arms the kernfs notification for the next poll.
             if self.events_frozen()? == want {
@@ -301,7 +308,7 @@ impl CgroupV1Freezer {
 
     fn wait_state(&self, want: V1State, timeout: Duration) -> Result<bool> {
         let _slack = FineTimerSlack::set();
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         loop {
             if self.state()? == want {
                 return Ok(true);
@@ -690,11 +697,8 @@ impl Watchdog {
         let (parent_end, child_end) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
 
-        let start = Instant::now();
+        let deadline = deadline_after(bound);
         let deadline_ts = monotonic_after(bound);
-        let deadline = start
-            .checked_add(bound)
-            .unwrap_or(start + Duration::from_secs(86_400 * 365));
         let child_fd = child_end.as_raw_fd();
         let parent_fd = parent_end.as_raw_fd();
         let thaw_fd = thaw_file.as_raw_fd();

@@ -114,9 +114,8 @@ impl ContainerdSnapshotter {
         rt.block_on(async move {
             let client = ContainerdClient::connect(&spec.containerd_address, &spec.namespace)
                 .await
-                .map_err(|e| {
-                    let _ = mark_failed(&store, snapshot_id, &e);
-                    e
+                .inspect_err(|e| {
+                    let _ = mark_failed(&store, snapshot_id, e);
                 })?;
             jobs::run(spec, store, &client).await
         })

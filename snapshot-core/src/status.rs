@@ -322,7 +322,7 @@ impl StatusStore {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        out.sort_by_key(|s| s.created_at);
         Ok(out)
     }
 }
