@@ -1,0 +1,115 @@
+//! Integration tests of the `seamless-snapshot` CLI against the rig.
+
+use std::fs;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use seamless_snapshot_tests::{Rig, check_cmd, run_cmd, wait_until};
+
+const WRITER: &str = "i=0; while true; do i=$((i+1)); echo $i > /data/counter; usleep 5000; done";
+
+fn read_counter(rig: &Rig, id: &str) -> u64 {
+    let p = rig.rootfs(id).join("data/counter");
+    for _ in 0..100 {
+        if let Ok(s) = fs::read_to_string(&p)
+            && let Ok(n) = s.trim().parse()
+        {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("cannot read {}", p.display());
+}
+
+#[test]
+fn sigkill_in_frozen_window_thaws() {
+    let Some(rig) = Rig::new() else { return };
+    rig.run_container("victim", WRITER);
+    wait_until(Duration::from_secs(10), || {
+        read_counter(&rig, "victim") > 10
+    })
+    .unwrap();
+    let cgroup = rig.cgroup("victim");
+
+    let mut cmd = rig.cli();
+    cmd.args(["commit", "--container", "victim", "--target"])
+        .arg(rig.target("killed", "1"))
+        .args(["--json", "--debug-hold-frozen", "30s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn the CLI");
+    let pid = child.id();
+
+    let frozen = wait_until(Duration::from_secs(60), || {
+        cgroup.is_frozen() || child.try_wait().ok().flatten().is_some()
+    });
+    if child.try_wait().unwrap().is_some() {
+        panic!("the CLI exited before the container was frozen");
+    }
+    assert!(frozen.is_ok(), "the container was never frozen");
+    // Frozen: kill the committer right there.
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+
+    let thawed = wait_until(Duration::from_secs(3), || !cgroup.is_frozen());
+    let after = killed_at.elapsed();
+    if thawed.is_err() || after > Duration::from_secs(3) {
+        cgroup.thaw();
+        panic!("the container stayed frozen {after:?} after the committer was killed");
+    }
+    eprintln!("thawed within {after:?} of the SIGKILL");
+    assert_eq!(rig.task_status("victim").as_deref(), Some("RUNNING"));
+    let before = read_counter(&rig, "victim");
+    wait_until(Duration::from_secs(10), || {
+        read_counter(&rig, "victim") > before + 10
+    })
+    .expect("the container does not run after the thaw");
+}
+
+#[test]
+fn commit_without_wait_completes_via_cli() {
+    let Some(rig) = Rig::new() else { return };
+    rig.run_container("bg", WRITER);
+    wait_until(Duration::from_secs(10), || read_counter(&rig, "bg") > 10).unwrap();
+    let target = rig.target("bg", "1");
+
+    let out =
+        check_cmd(
+            rig.cli()
+                .args(["commit", "--container", "bg", "--target", &target, "--json"]),
+        );
+    let r: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("commit --json printed no JSON ({e}): {out}"));
+    let id = r["snapshot_id"].as_str().expect("snapshot_id").to_string();
+    let pause = r["pause_time"].as_f64().expect("pause_time in seconds");
+    assert!((0.0..1.0).contains(&pause), "pause {pause}");
+    assert!(!rig.cgroup("bg").is_frozen());
+
+    let w = run_cmd(rig.cli().args(["wait", &id, "--timeout", "120s"]));
+    assert!(
+        w.status.success(),
+        "wait failed: {}{}",
+        String::from_utf8_lossy(&w.stdout),
+        String::from_utf8_lossy(&w.stderr)
+    );
+    let st = check_cmd(rig.cli().args(["status", &id, "--json"]));
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st["state"], "completed", "{st}");
+    assert!(
+        st["manifest_digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{st}"
+    );
+    let list = check_cmd(rig.cli().args(["list", "--json"]));
+    assert!(list.contains(&id), "{list}");
+    // The image is really there.
+    let m = rig.inspect_raw(&target);
+    assert!(m["layers"].as_array().is_some_and(|l| l.len() >= 2), "{m}");
+}
