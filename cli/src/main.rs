@@ -11,7 +11,7 @@ use seamless_snapshot::config::{DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE, D
 use seamless_snapshot::snapshotter::read_status;
 use seamless_snapshot::status::StatusStore;
 use seamless_snapshot::{
-    BackgroundMode, CommitOptions, Compression, Config, ContainerdSnapshotter, Error,
+    BackgroundMode, CommitOptions, Compression, Config, ContainerdSnapshotter, Error, ErrorKind,
     SnapshotState, SnapshotStatus,
 };
 
@@ -139,7 +139,7 @@ fn init_logging() {
 /// Exit codes: 1 generic, 2 usage (clap), 3 timeout, 4 job failed.
 fn exit_code(e: &Error) -> u8 {
     match e {
-        Error::Timeout(_) => 3,
+        Error::Timeout { .. } => 3,
         Error::JobFailed { .. } => 4,
         _ => 1,
     }
@@ -212,11 +212,20 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             if wait {
                 let remaining = timeout.saturating_sub(started.elapsed());
-                let status =
-                    wait_with_progress(&cli.state_dir, &result.snapshot_id, remaining, !json)?;
-                result.manifest_digest = status.manifest_digest;
-                result.layer = status.layer;
-                result.total_time = started.elapsed();
+                match wait_with_progress(&cli.state_dir, &result.snapshot_id, remaining, !json) {
+                    Ok(status) => {
+                        result.manifest_digest = status.manifest_digest;
+                        result.layer = status.layer;
+                        result.total_time = started.elapsed();
+                    }
+                    Err(e) => {
+                        // The capture happened: keep its id and pause visible.
+                        if json {
+                            print_json(&result)?;
+                        }
+                        return Err(e);
+                    }
+                }
             }
             if json {
                 print_json(&result)?;
@@ -252,7 +261,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let store = StatusStore::new(&cli.state_dir);
             let mut all = Vec::new();
             for s in store.list()? {
-                all.push(read_status(&cli.state_dir, &s.snapshot_id)?);
+                match read_status(&cli.state_dir, &s.snapshot_id) {
+                    Ok(s) => all.push(s),
+                    // Removed between listing and reading.
+                    Err(Error::SnapshotNotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
             if json {
                 print_json(&all)?;
@@ -268,6 +282,10 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker { state_dir, id } => {
+            // The start gate (see `BackgroundMode::Process`): wait until the
+            // committer has recorded us as the job's worker.
+            let mut gate = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut gate);
             let status = ContainerdSnapshotter::run_job(&state_dir, &id)?;
             if status.state == SnapshotState::Completed {
                 Ok(ExitCode::SUCCESS)
@@ -345,11 +363,23 @@ fn wait_with_progress(
                 b.finish_and_clear();
             }
             if !status.state.is_terminal() {
-                return Err(Error::Timeout(timeout));
+                return Err(Error::Timeout {
+                    snapshot_id: id.to_string(),
+                    timeout,
+                });
             }
-            // Let the library turn the terminal state into a result or error.
-            let store = StatusStore::new(state_dir);
-            return seamless_snapshot::snapshotter::wait_for(&store, id, Duration::ZERO);
+            if status.state == SnapshotState::Completed {
+                return Ok(status);
+            }
+            let (kind, message) = status
+                .error
+                .map(|e| (e.kind, e.message))
+                .unwrap_or((ErrorKind::Internal, "unknown error".into()));
+            return Err(Error::JobFailed {
+                id: id.to_string(),
+                kind,
+                message,
+            });
         }
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -24,9 +24,11 @@ pub enum BackgroundMode {
     #[default]
     InProcess,
     /// In a detached process: `program args... <state-dir> <snapshot-id>` is
-    /// started in its own session and must call
-    /// [`crate::ContainerdSnapshotter::run_job`]. The CLI uses this so that a
-    /// commit without `--wait` completes after the command returns.
+    /// started in its own process group and must call
+    /// [`crate::ContainerdSnapshotter::run_job`] once its standard input
+    /// reaches EOF (the committer first records the worker's pid in the
+    /// status, then closes it). The CLI uses this so that a commit without
+    /// `--wait` completes after the command returns.
     Process {
         /// The executable.
         program: PathBuf,

@@ -396,6 +396,15 @@ pub fn check_mountinfo_text(text: &str, upper: &Path) -> Result<()> {
             root.fs_type
         )));
     }
+    // The kernel may enable these by default (module parameters) even when
+    // containerd did not ask: refuse before anything is frozen or copied.
+    for opt in root.super_options.split(',') {
+        if opt == "redirect_dir=on" || opt == "metacopy=on" {
+            return Err(Error::Unsupported(format!(
+                "container root overlay uses {opt}, which a layer cannot express"
+            )));
+        }
+    }
     let want = upper.to_string_lossy();
     let found = root
         .super_options
@@ -441,8 +450,16 @@ fn unescape_mountinfo(s: &str) -> String {
             && i + 4 <= b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
+            let v = u32::from(b[i + 1] - b'0') * 64
+                + u32::from(b[i + 2] - b'0') * 8
+                + u32::from(b[i + 3] - b'0');
+            // \4xx..\7xx are not byte values: keep them literally.
+            match u8::try_from(v) {
+                Ok(v) => out.push(v),
+                Err(_) => {
+                    out.extend_from_slice(&b[i..i + 4]);
+                }
+            }
             i += 4;
         } else {
             out.push(b[i]);
@@ -493,6 +510,9 @@ mod tests {
         check_mountinfo_text(text, Path::new("/var/lib/c/3/fs")).unwrap();
         let e = check_mountinfo_text(text, Path::new("/other/fs")).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+        let meta = text.replace("index=off", "index=off,metacopy=on");
+        let e = check_mountinfo_text(&meta, Path::new("/var/lib/c/3/fs")).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
         let e = check_mountinfo_text("1 0 0:1 / / rw - ext4 /dev/vda rw\n", Path::new("/u"))
             .unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
@@ -503,6 +523,7 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
         assert_eq!(unescape_mountinfo(r"/a\134"), "/a\\");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/x\777"), r"/x\777");
     }
 
     #[test]

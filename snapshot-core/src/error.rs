@@ -104,9 +104,17 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A wait ran out of time. Background work, if any, continues.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
+    /// A wait for a snapshot ran out of time. The snapshot's background job
+    /// continues and stays queryable under `snapshot_id`.
+    #[error(
+        "snapshot {snapshot_id} not finished after {timeout:?}; it continues in the background"
+    )]
+    Timeout {
+        /// The snapshot waited for.
+        snapshot_id: String,
+        /// How long was waited.
+        timeout: Duration,
+    },
 
     /// No snapshot with this id is known in the state directory.
     #[error("snapshot {0:?} not found")]
@@ -134,6 +142,11 @@ pub enum Error {
     /// An internal invariant was broken; a bug.
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// Another operation holds the container or job (a concurrent commit of
+    /// the same container, a second worker on the same job).
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 /// The kind of an [`Error`], with a stable numeric code.
@@ -172,6 +185,8 @@ pub enum ErrorKind {
     InvalidImage,
     /// See [`Error::Internal`].
     Internal,
+    /// See [`Error::Busy`].
+    Busy,
 }
 
 impl ErrorKind {
@@ -195,6 +210,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => 14,
             ErrorKind::InvalidImage => 15,
             ErrorKind::Internal => 16,
+            ErrorKind::Busy => 17,
         }
     }
 
@@ -217,6 +233,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::InvalidImage => "invalid_image",
             ErrorKind::Internal => "internal",
+            ErrorKind::Busy => "busy",
         }
     }
 }
@@ -241,12 +258,13 @@ impl Error {
             Error::Containerd { .. } => ErrorKind::Containerd,
             Error::Freeze { .. } => ErrorKind::Freeze,
             Error::Io { .. } => ErrorKind::Io,
-            Error::Timeout(_) => ErrorKind::Timeout,
+            Error::Timeout { .. } => ErrorKind::Timeout,
             Error::SnapshotNotFound(_) => ErrorKind::SnapshotNotFound,
             Error::JobFailed { .. } => ErrorKind::JobFailed,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::InvalidImage(_) => ErrorKind::InvalidImage,
             Error::Internal(_) => ErrorKind::Internal,
+            Error::Busy(_) => ErrorKind::Busy,
         }
     }
 
@@ -306,6 +324,7 @@ mod tests {
             ErrorKind::InvalidArgument,
             ErrorKind::InvalidImage,
             ErrorKind::Internal,
+            ErrorKind::Busy,
         ];
         let mut codes: Vec<u32> = kinds.iter().map(|k| k.code()).collect();
         codes.sort_unstable();

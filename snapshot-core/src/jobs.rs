@@ -276,7 +276,11 @@ async fn run_inner(
     let started = Instant::now();
     let request = PushRequest {
         target: spec.target_ref.clone(),
-        base_ref: Some(spec.base_image.clone()),
+        // containerd image names need not be registry references (an
+        // imported image, say); then no mount or pull from it is tried.
+        base_ref: push::parse_reference(&spec.base_image)
+            .ok()
+            .map(|_| spec.base_image.clone()),
         image: new_image,
         new_layer: (layer_desc, blob_path),
     };

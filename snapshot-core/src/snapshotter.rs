@@ -110,6 +110,14 @@ impl ContainerdSnapshotter {
     pub fn run_job(state_dir: &Path, snapshot_id: &str) -> Result<SnapshotStatus> {
         let store = StatusStore::new(state_dir);
         let spec = JobSpec::load(&store, snapshot_id)?;
+        let _lock = lock_file(&store.job_dir(snapshot_id), ".worker", || {
+            format!("snapshot {snapshot_id} is already being worked on")
+        })?;
+        let current = store.read(snapshot_id)?;
+        if current.state == SnapshotState::Completed {
+            // Nothing left to do; rerunning would only find the capture gone.
+            return Ok(current);
+        }
         let rt = new_runtime()?;
         rt.block_on(async move {
             let client = ContainerdClient::connect(&spec.containerd_address, &spec.namespace)
@@ -164,7 +172,21 @@ impl ContainerdSnapshotter {
         })?;
         drop(client);
         containerd::check_mountinfo(container.pid, &mount.upper)?;
+        // One commit per container at a time: a second one's thaw would end
+        // the first one's frozen window early.
+        let _lock = lock_file(
+            &self.config.state_dir.join("locks"),
+            &format!("{}.{}", self.config.namespace, container_id),
+            || format!("another commit of container {container_id} is in progress"),
+        )?;
         let freezer = freeze::freezer_for_pid(container.pid)?;
+        if freezer.is_frozen()? {
+            // Paused by someone else: our thaw would unpause it behind their back.
+            return Err(Error::ContainerNotRunning {
+                id: container_id.to_string(),
+                status: format!("frozen (cgroup {})", freezer.path().display()),
+            });
+        }
 
         let id = new_snapshot_id();
         self.store.create_job_dir(&id)?;
@@ -209,15 +231,20 @@ impl ContainerdSnapshotter {
             jobs::discard_capture(&capture_dir);
             return Err(self.fail(&writer, e));
         }
-        writer.update(|s| {
-            s.state = SnapshotState::Captured;
-            s.timings.capture = Some(capture_time);
-            s.timings.pause = Some(pause.pause);
-            s.progress.done = bytes;
-            s.progress.total = bytes;
-        })?;
+        let started_job = writer
+            .update(|s| {
+                s.state = SnapshotState::Captured;
+                s.timings.capture = Some(capture_time);
+                s.timings.pause = Some(pause.pause);
+                s.progress.done = bytes;
+                s.progress.total = bytes;
+            })
+            .and_then(|()| self.start_background(spec, &writer));
+        if let Err(e) = started_job {
+            jobs::discard_capture(&capture_dir);
+            return Err(self.fail(&writer, e));
+        }
         drop(writer);
-        self.start_background(spec)?;
 
         Ok(SnapshotResult {
             snapshot_id: id,
@@ -283,7 +310,7 @@ impl ContainerdSnapshotter {
         e
     }
 
-    fn start_background(&self, spec: JobSpec) -> Result<()> {
+    fn start_background(&self, spec: JobSpec, writer: &StatusWriter) -> Result<()> {
         match &self.config.background {
             BackgroundMode::InProcess => {
                 let store = self.store.clone();
@@ -308,11 +335,14 @@ impl ContainerdSnapshotter {
                 let log = self.store.job_dir(&spec.snapshot_id).join("worker.log");
                 let log_file = std::fs::File::create(&log).at("create", &log)?;
                 let log_err = log_file.try_clone().at("dup", &log)?;
-                std::process::Command::new(program)
+                let mut child = std::process::Command::new(program)
                     .args(args)
                     .arg(&self.config.state_dir)
                     .arg(&spec.snapshot_id)
-                    .stdin(Stdio::null())
+                    // The start gate: the worker waits for EOF on stdin, so
+                    // that it is recorded as the job's worker before it
+                    // writes the status itself.
+                    .stdin(Stdio::piped())
                     .stdout(log_file)
                     .stderr(log_err)
                     // Its own process group: a Ctrl-C on the committer's
@@ -320,11 +350,51 @@ impl ContainerdSnapshotter {
                     .process_group(0)
                     .spawn()
                     .at("spawn worker", program)?;
+                let recorded = writer.update(|s| s.worker = Worker::of_pid(child.id()));
+                // Closing stdin opens the gate.
+                drop(child.stdin.take());
+                recorded
                 // The worker is reaped by init once we exit; a zombie until then.
-                Ok(())
             }
         }
     }
+}
+
+/// Takes an exclusive, non-blocking `flock` on `<dir>/<name>.lock`; released
+/// when the returned value drops (or the process dies).
+fn lock_file(
+    dir: &Path,
+    name: &str,
+    busy: impl FnOnce() -> String,
+) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    ensure_private_dir(dir)?;
+    // Names come from container ids: keep them to a safe alphabet.
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{safe}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at("open", &path)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                Error::Busy(busy())
+            } else {
+                Error::errno("flock", &path, errno)
+            }
+        },
+    )
 }
 
 fn mark_failed(store: &StatusStore, id: &str, e: &Error) -> Result<()> {
@@ -408,7 +478,10 @@ pub fn wait_for(store: &StatusStore, id: &str, timeout: Duration) -> Result<Snap
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(Error::Timeout(timeout));
+            return Err(Error::Timeout {
+                snapshot_id: id.to_string(),
+                timeout,
+            });
         }
         std::thread::sleep(WAIT_POLL.min(deadline - now));
     }

@@ -178,6 +178,11 @@ impl Worker {
         process_start_ticks(pid).map(|start_ticks| Worker { pid, start_ticks })
     }
 
+    /// Another process, identified by pid and start time.
+    pub fn of_pid(pid: u32) -> Option<Worker> {
+        process_start_ticks(pid).map(|start_ticks| Worker { pid, start_ticks })
+    }
+
     /// Whether the worker process still runs.
     pub fn is_alive(&self) -> bool {
         process_start_ticks(self.pid) == Some(self.start_ticks)
