@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use containerd_client::services::v1::snapshots::MountsRequest;
 use containerd_client::services::v1::{
-    GetContainerRequest, GetImageRequest, GetRequest as GetTaskRequest, ReadContentRequest,
+    GetContainerRequest, GetImageRequest, GetRequest as GetTaskRequest, ListPidsRequest,
+    ReadContentRequest,
 };
 use containerd_client::tonic::{self, Code, Request, metadata::MetadataValue};
 use futures_util::future::BoxFuture;
@@ -163,6 +164,19 @@ impl ContainerdClient {
             snapshot_key: container.snapshot_key,
             pid: process.pid,
         })
+    }
+
+    /// The pids of every process of the container's task.
+    pub async fn task_pids(&self, id: &str) -> Result<Vec<u32>> {
+        let resp = self
+            .client
+            .tasks()
+            .list_pids(self.request(ListPidsRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+            .map_err(|s| self.rpc_error("list task pids", &s))?;
+        Ok(resp.into_inner().processes.iter().map(|p| p.pid).collect())
     }
 
     /// The overlayfs mount of the container's snapshot. Any snapshotter whose

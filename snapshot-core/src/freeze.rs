@@ -628,6 +628,83 @@ pub fn freezer_for_pid(pid: u32) -> Result<Box<dyn Freezer>> {
     )))
 }
 
+/// The freezer cgroup that holds every one of `pids` (the container's
+/// processes): `init`'s own cgroup, or its nearest ancestor holding them all
+/// when some processes live in sibling cgroups (systemd inside a container
+/// moves itself to `<container>/init.scope`). Freezing is hierarchical, so the
+/// whole container stops. A cgroup that holds this process is never chosen.
+pub fn freezer_for_pids(init: u32, pids: &[u32]) -> Result<Box<dyn Freezer>> {
+    let mut freezer = freezer_for_pid(init)?;
+    let me = std::process::id();
+    // Deep nesting inside a container is rare; a handful of levels suffice.
+    for _ in 0..8 {
+        let inside = pids_below(freezer.path())?;
+        let missing: Vec<u32> = pids
+            .iter()
+            .copied()
+            // A process that exited meanwhile is no concern.
+            .filter(|p| !inside.contains(p) && Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        if missing.is_empty() {
+            return Ok(freezer);
+        }
+        let parent = freezer.path().parent().map(Path::to_path_buf);
+        let unsupported = |why: String| {
+            Error::Unsupported(format!(
+                "container processes {missing:?} are outside cgroup {}: {why}",
+                freezer.path().display()
+            ))
+        };
+        let Some(parent) = parent else {
+            return Err(unsupported("no parent cgroup".into()));
+        };
+        if pids_below(&parent)?.contains(&me) {
+            return Err(unsupported(format!(
+                "their common cgroup {} also holds this process",
+                parent.display()
+            )));
+        }
+        freezer = match freezer.kind() {
+            FreezerKind::V2 => {
+                Box::new(CgroupV2Freezer::new(&parent).map_err(|e| unsupported(e.to_string()))?)
+            }
+            FreezerKind::V1 => {
+                Box::new(CgroupV1Freezer::new(&parent).map_err(|e| unsupported(e.to_string()))?)
+            }
+        };
+    }
+    Err(Error::Unsupported(format!(
+        "container processes are spread over cgroups more than 8 levels apart (below {})",
+        freezer.path().display()
+    )))
+}
+
+/// Every pid in the cgroup `dir` and its descendants.
+fn pids_below(dir: &Path) -> Result<std::collections::HashSet<u32>> {
+    let mut out = std::collections::HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let procs = d.join("cgroup.procs");
+        match std::fs::read_to_string(&procs) {
+            Ok(text) => out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
+            // Removed while we walk: its processes are gone or moved.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read", procs, e)),
+        }
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read directory", d, e)),
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------
 // Dead-man switch.
 
@@ -1647,6 +1724,40 @@ mod tests {
             .contains("freezer:/\n")
         {
             let e = freezer_for_pid(std::process::id()).err().unwrap();
+            assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported, "{e}");
+        }
+    }
+
+    #[test]
+    fn freezer_for_pids_climbs_to_the_common_cgroup() {
+        for kind in [FreezerKind::V2, FreezerKind::V1] {
+            let Some(cg) = TestCgroup::new(kind) else {
+                return;
+            };
+            // Like systemd in a container: init in one child cgroup, another
+            // process in a sibling.
+            let (a, b) = (cg.dir.join("a"), cg.dir.join("b"));
+            std::fs::create_dir(&a).unwrap();
+            std::fs::create_dir(&b).unwrap();
+            let mut other = Command::new("sleep").arg("30").spawn().unwrap();
+            std::fs::write(a.join("cgroup.procs"), cg.child.id().to_string()).unwrap();
+            std::fs::write(b.join("cgroup.procs"), other.id().to_string()).unwrap();
+
+            let alone = freezer_for_pids(cg.child.id(), &[cg.child.id()]).unwrap();
+            assert_eq!(alone.path(), a);
+            let both = freezer_for_pids(cg.child.id(), &[cg.child.id(), other.id()]);
+            // A process outside the container's tree: never climb to a cgroup
+            // that holds us (the root here).
+            let outside = freezer_for_pids(cg.child.id(), &[cg.child.id(), std::process::id()]);
+
+            let _ = other.kill();
+            let _ = other.wait();
+            std::fs::write(cg.dir.join("cgroup.procs"), cg.child.id().to_string()).unwrap();
+            std::fs::remove_dir(&a).unwrap();
+            std::fs::remove_dir(&b).unwrap();
+
+            assert_eq!(both.unwrap().path(), cg.dir);
+            let e = outside.err().unwrap();
             assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported, "{e}");
         }
     }

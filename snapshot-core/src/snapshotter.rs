@@ -25,13 +25,41 @@ const WAIT_POLL: Duration = Duration::from_millis(100);
 /// Commits containers of one containerd namespace.
 ///
 /// Owns a small tokio runtime for gRPC calls and in-process background jobs.
-/// Dropping it stops in-process jobs that have not finished; their status
-/// then reads `failed` once this process has exited.
+/// Dropping it stops in-process jobs that have not finished and marks them
+/// `failed`.
 pub struct ContainerdSnapshotter {
     config: Config,
     store: StatusStore,
-    runtime: tokio::runtime::Runtime,
+    /// `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Ids of in-process jobs still running.
+    in_flight: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+impl Drop for ContainerdSnapshotter {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Do not block the caller on a layer build in progress.
+            rt.shutdown_background();
+        }
+        let ids: Vec<String> = match self.in_flight.lock() {
+            Ok(mut g) => g.drain().collect(),
+            Err(_) => return,
+        };
+        for id in ids {
+            let e = Error::Internal(
+                "the snapshotter was dropped before the background job finished".into(),
+            );
+            if let Err(we) = mark_failed(&self.store, &id, &e) {
+                tracing::warn!(snapshot = %id, error = %we, "recording abandoned job failed");
+            }
+        }
+    }
+}
+
+/// Name of the file recording where a job's capture directory is, written
+/// before the capture starts so an interrupted capture can be cleaned up.
+const CAPTURE_PATH_FILE: &str = "capture.path";
 
 impl std::fmt::Debug for ContainerdSnapshotter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,11 +83,49 @@ impl ContainerdSnapshotter {
     /// does not contact containerd yet.
     pub fn new(config: Config) -> Result<Self> {
         ensure_private_dir(&config.state_dir)?;
-        Ok(ContainerdSnapshotter {
+        let snap = ContainerdSnapshotter {
             store: StatusStore::new(&config.state_dir),
             config,
-            runtime: new_runtime()?,
-        })
+            runtime: Some(new_runtime()?),
+            in_flight: Default::default(),
+        };
+        snap.recover_orphans();
+        Ok(snap)
+    }
+
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime> {
+        self.runtime
+            .as_ref()
+            .ok_or_else(|| Error::Internal("runtime already shut down".into()))
+    }
+
+    /// Marks jobs whose process died as failed and removes what they leave
+    /// behind: always an interrupted capture (a partial copy is useless),
+    /// and a built job's capture and blob unless `keep_failed`. Best effort.
+    fn recover_orphans(&self) {
+        let Ok(all) = self.store.list() else { return };
+        for s in all {
+            let orphaned = !s.state.is_terminal() && s.worker.is_some_and(|w| !w.is_alive());
+            if !orphaned {
+                continue;
+            }
+            let dir = self.store.job_dir(&s.snapshot_id);
+            if s.state == SnapshotState::Capturing || !self.config.keep_failed {
+                if let Ok(p) = std::fs::read(dir.join(CAPTURE_PATH_FILE)) {
+                    use std::os::unix::ffi::OsStrExt;
+                    jobs::discard_capture(Path::new(std::ffi::OsStr::from_bytes(&p)));
+                }
+                let _ = std::fs::remove_file(dir.join("layer.blob"));
+            }
+            match effective_status(&self.store, s) {
+                Ok(failed) if failed.state == SnapshotState::Failed => {
+                    if let Err(e) = self.store.write(&failed) {
+                        tracing::warn!(error = %e, "recording orphaned job failed");
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// The configuration in use.
@@ -161,14 +227,15 @@ impl ContainerdSnapshotter {
         let started = Instant::now();
         // Reject a bad target before anything is touched.
         push::parse_reference(target_ref)?;
-        let (client, container, mount, base) = self.runtime.block_on(async {
+        let (client, container, mount, base, pids) = self.runtime()?.block_on(async {
             let client =
                 ContainerdClient::connect(&self.config.containerd_address, &self.config.namespace)
                     .await?;
             let container = client.container(container_id).await?;
             let mount = client.overlay_mount(&container).await?;
             let base = client.base_image(&container.image).await?;
-            Ok::<_, Error>((client, container, mount, base))
+            let pids = client.task_pids(container_id).await?;
+            Ok::<_, Error>((client, container, mount, base, pids))
         })?;
         drop(client);
         containerd::check_mountinfo(container.pid, &mount.upper)?;
@@ -179,7 +246,7 @@ impl ContainerdSnapshotter {
             &format!("{}.{}", self.config.namespace, container_id),
             || format!("another commit of container {container_id} is in progress"),
         )?;
-        let freezer = freeze::freezer_for_pid(container.pid)?;
+        let freezer = freeze::freezer_for_pids(container.pid, &pids)?;
         if freezer.is_frozen()? {
             // Paused by someone else: our thaw would unpause it behind their back.
             return Err(Error::ContainerNotRunning {
@@ -195,7 +262,11 @@ impl ContainerdSnapshotter {
         status.worker = Worker::current();
         let writer = StatusWriter::new(self.store.clone(), status)?;
 
-        let capture_dir = match self.capture_dir_for(&id, &mount.upper) {
+        let capture_dir = match self.capture_dir_for(&id, &mount.upper).and_then(|d| {
+            let path = d.as_os_str().as_encoded_bytes();
+            crate::status::write_atomic(&self.store.job_dir(&id), CAPTURE_PATH_FILE, path)?;
+            Ok(d)
+        }) {
             Ok(d) => d,
             Err(e) => return Err(self.fail(&writer, e)),
         };
@@ -316,17 +387,24 @@ impl ContainerdSnapshotter {
                 let store = self.store.clone();
                 let address = self.config.containerd_address.clone();
                 let namespace = self.config.namespace.clone();
-                self.runtime.spawn(async move {
+                let in_flight = self.in_flight.clone();
+                if let Ok(mut g) = in_flight.lock() {
+                    g.insert(spec.snapshot_id.clone());
+                }
+                self.runtime()?.spawn(async move {
                     let id = spec.snapshot_id.clone();
-                    let client = match ContainerdClient::connect(&address, &namespace).await {
-                        Ok(c) => c,
+                    match ContainerdClient::connect(&address, &namespace).await {
+                        Ok(client) => {
+                            if let Err(e) = jobs::run(spec, store, &client).await {
+                                tracing::error!(snapshot = %id, error = %e, "background job error");
+                            }
+                        }
                         Err(e) => {
                             let _ = mark_failed(&store, &id, &e);
-                            return;
                         }
-                    };
-                    if let Err(e) = jobs::run(spec, store, &client).await {
-                        tracing::error!(snapshot = %id, error = %e, "background job error");
+                    }
+                    if let Ok(mut g) = in_flight.lock() {
+                        g.remove(&id);
                     }
                 });
                 Ok(())
@@ -543,6 +621,41 @@ mod tests {
         assert_eq!(m.labels["b"], "default");
         assert_eq!(m.message.as_deref(), Some("dm"));
         assert_eq!(m.insecure_registries, vec!["r:5000".to_string()]);
+    }
+
+    #[test]
+    fn interrupted_capture_is_failed_and_removed_on_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StatusStore::new(tmp.path());
+        let dir = store.create_job_dir("j-int").unwrap();
+        let capture = dir.join("capture");
+        std::fs::create_dir_all(capture.join("partial")).unwrap();
+        crate::status::write_atomic(
+            &dir,
+            CAPTURE_PATH_FILE,
+            capture.as_os_str().as_encoded_bytes(),
+        )
+        .unwrap();
+        let mut s = SnapshotStatus::new("j-int", "c", "r/x:y");
+        s.state = SnapshotState::Capturing;
+        // A worker that is certainly gone (same pid, other start time).
+        s.worker = Worker::current().map(|w| Worker {
+            start_ticks: w.start_ticks + 1,
+            ..w
+        });
+        store.write(&s).unwrap();
+
+        let snap = ContainerdSnapshotter::new(Config {
+            state_dir: tmp.path().to_path_buf(),
+            ..Config::default()
+        })
+        .unwrap();
+        let st = snap.get_status("j-int").unwrap();
+        assert_eq!(st.state, SnapshotState::Failed);
+        assert!(st.error.unwrap().message.contains("exited"));
+        assert!(!capture.exists(), "partial capture left behind");
+        // Persisted, not only computed.
+        assert_eq!(store.read("j-int").unwrap().state, SnapshotState::Failed);
     }
 
     #[test]
