@@ -11,7 +11,7 @@ use seamless_snapshot::config::{DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE, D
 use seamless_snapshot::snapshotter::read_status;
 use seamless_snapshot::status::StatusStore;
 use seamless_snapshot::{
-    BackgroundMode, CommitOptions, Compression, Config, ContainerdSnapshotter, Error, ErrorKind,
+    BackgroundMode, CommitOptions, Compression, Config, ContainerdSnapshotter, Error,
     SnapshotState, SnapshotStatus,
 };
 
@@ -368,18 +368,10 @@ fn wait_with_progress(
                     timeout,
                 });
             }
-            if status.state == SnapshotState::Completed {
-                return Ok(status);
-            }
-            let (kind, message) = status
-                .error
-                .map(|e| (e.kind, e.message))
-                .unwrap_or((ErrorKind::Internal, "unknown error".into()));
-            return Err(Error::JobFailed {
-                id: id.to_string(),
-                kind,
-                message,
-            });
+            return match status.failure() {
+                Some(e) => Err(e),
+                None => Ok(status),
+            };
         }
         std::thread::sleep(Duration::from_millis(200));
     }

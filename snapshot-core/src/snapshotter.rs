@@ -11,7 +11,7 @@ use chrono::Utc;
 use crate::capture::Capture;
 use crate::config::{BackgroundMode, CommitOptions, Config};
 use crate::containerd::{self, ContainerdClient};
-use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::freeze;
 use crate::jobs::{self, JobSpec, StatusWriter};
 use crate::push;
@@ -539,20 +539,11 @@ pub fn wait_for(store: &StatusStore, id: &str, timeout: Duration) -> Result<Snap
     let deadline = Instant::now() + timeout;
     loop {
         let status = effective_status(store, store.read(id)?)?;
-        match status.state {
-            SnapshotState::Completed => return Ok(status),
-            SnapshotState::Failed => {
-                let (kind, message) = status
-                    .error
-                    .map(|e| (e.kind, e.message))
-                    .unwrap_or((ErrorKind::Internal, "unknown error".into()));
-                return Err(Error::JobFailed {
-                    id: id.to_string(),
-                    kind,
-                    message,
-                });
-            }
-            _ => {}
+        if let Some(e) = status.failure() {
+            return Err(e);
+        }
+        if status.state == SnapshotState::Completed {
+            return Ok(status);
         }
         let now = Instant::now();
         if now >= deadline {
@@ -598,6 +589,7 @@ impl SeamlessSnapshot for ContainerdSnapshotter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     #[test]
     fn ids_are_valid_and_unique() {

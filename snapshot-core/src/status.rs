@@ -227,6 +227,22 @@ pub struct SnapshotStatus {
 }
 
 impl SnapshotStatus {
+    /// The job's failure as an [`Error::JobFailed`], when it failed.
+    pub fn failure(&self) -> Option<Error> {
+        (self.state == SnapshotState::Failed).then(|| {
+            let (kind, message) = self
+                .error
+                .as_ref()
+                .map(|e| (e.kind, e.message.clone()))
+                .unwrap_or((ErrorKind::Internal, "unknown error".into()));
+            Error::JobFailed {
+                id: self.snapshot_id.clone(),
+                kind,
+                message,
+            }
+        })
+    }
+
     /// A fresh, pending status.
     pub fn new(snapshot_id: &str, container_id: &str, target_ref: &str) -> Self {
         let now = Utc::now();

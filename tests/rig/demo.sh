@@ -34,6 +34,8 @@ clean_ns() {
   for img in $("${c[@]}" images ls -q 2>/dev/null); do "${c[@]}" images rm --sync "$img" >/dev/null 2>&1 || true; done
   "${c[@]}" content ls -q 2>/dev/null | xargs -r "${c[@]}" content rm >/dev/null 2>&1 || true
   ctr --address "$sock" namespaces rm "$ns" >/dev/null 2>&1 || true
+  # runc leaves the namespace's (empty) parent cgroups behind.
+  rmdir /sys/fs/cgroup/*/"$ns" 2>/dev/null || true
   rm -rf "$state_dir"
 }
 cleanup() {

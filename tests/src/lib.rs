@@ -458,6 +458,23 @@ impl Drop for Rig {
     }
 }
 
+impl Rig {
+    /// The number a test writer keeps in the container's `/data/counter`.
+    /// The writer truncates before it writes: an empty read is retried.
+    pub fn read_counter(&self, id: &str) -> u64 {
+        let p = self.rootfs(id).join("data/counter");
+        for _ in 0..100 {
+            if let Ok(s) = std::fs::read_to_string(&p)
+                && let Ok(n) = s.trim().parse()
+            {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("cannot read {}", p.display());
+    }
+}
+
 /// Polls `f` every 20 ms until it returns true; `Err(elapsed)` on timeout.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<Duration, Duration> {
     let start = Instant::now();

@@ -1,6 +1,5 @@
 //! Integration tests of the `seamless-snapshot` CLI against the rig.
 
-use std::fs;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -8,27 +7,11 @@ use seamless_snapshot_tests::{Rig, check_cmd, run_cmd, wait_until};
 
 const WRITER: &str = "i=0; while true; do i=$((i+1)); echo $i > /data/counter; usleep 5000; done";
 
-fn read_counter(rig: &Rig, id: &str) -> u64 {
-    let p = rig.rootfs(id).join("data/counter");
-    for _ in 0..100 {
-        if let Ok(s) = fs::read_to_string(&p)
-            && let Ok(n) = s.trim().parse()
-        {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("cannot read {}", p.display());
-}
-
 #[test]
 fn sigkill_in_frozen_window_thaws() {
     let Some(rig) = Rig::new() else { return };
     rig.run_container("victim", WRITER);
-    wait_until(Duration::from_secs(10), || {
-        read_counter(&rig, "victim") > 10
-    })
-    .unwrap();
+    wait_until(Duration::from_secs(10), || rig.read_counter("victim") > 10).unwrap();
     let cgroup = rig.cgroup("victim");
 
     let mut cmd = rig.cli();
@@ -65,9 +48,9 @@ fn sigkill_in_frozen_window_thaws() {
     }
     eprintln!("thawed within {after:?} of the SIGKILL");
     assert_eq!(rig.task_status("victim").as_deref(), Some("RUNNING"));
-    let before = read_counter(&rig, "victim");
+    let before = rig.read_counter("victim");
     wait_until(Duration::from_secs(10), || {
-        read_counter(&rig, "victim") > before + 10
+        rig.read_counter("victim") > before + 10
     })
     .expect("the container does not run after the thaw");
 }
@@ -76,7 +59,7 @@ fn sigkill_in_frozen_window_thaws() {
 fn commit_without_wait_completes_via_cli() {
     let Some(rig) = Rig::new() else { return };
     rig.run_container("bg", WRITER);
-    wait_until(Duration::from_secs(10), || read_counter(&rig, "bg") > 10).unwrap();
+    wait_until(Duration::from_secs(10), || rig.read_counter("bg") > 10).unwrap();
     let target = rig.target("bg", "1");
 
     let out =

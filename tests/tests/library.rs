@@ -21,35 +21,18 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(300);
 /// /data/counter.
 const WRITER: &str = "i=0; while true; do echo $i >> /data/log; i=$((i+1)); echo $i > /data/counter; usleep 2000; done";
 
-fn read_counter(rig: &Rig, id: &str) -> u64 {
-    let p = rig.rootfs(id).join("data/counter");
-    // The writer truncates before it writes: retry an empty read.
-    for _ in 0..100 {
-        if let Ok(s) = fs::read_to_string(&p)
-            && let Ok(n) = s.trim().parse()
-        {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("cannot read {}", p.display());
-}
-
 #[test]
 fn commit_running_writer() {
     let Some(rig) = Rig::new() else { return };
     rig.run_container("writer", WRITER);
-    wait_until(Duration::from_secs(10), || {
-        read_counter(&rig, "writer") > 100
-    })
-    .unwrap();
+    wait_until(Duration::from_secs(10), || rig.read_counter("writer") > 100).unwrap();
 
     let snap = ContainerdSnapshotter::new(rig.config()).unwrap();
     let target = rig.target("writer", "1");
     let r = snap
         .commit_with_wait("writer", &target, PUSH_TIMEOUT)
         .unwrap();
-    let at_commit = read_counter(&rig, "writer");
+    let at_commit = rig.read_counter("writer");
     eprintln!(
         "pause {:?}, total {:?}, files {}, bytes {}",
         r.pause_time, r.total_time, r.files_captured, r.bytes_captured
@@ -59,7 +42,7 @@ fn commit_running_writer() {
     assert_eq!(rig.task_status("writer").as_deref(), Some("RUNNING"));
     assert!(!rig.cgroup("writer").is_frozen(), "container left frozen");
     wait_until(Duration::from_secs(10), || {
-        read_counter(&rig, "writer") > at_commit + 20
+        rig.read_counter("writer") > at_commit + 20
     })
     .expect("the writer stopped after the commit");
 
