@@ -705,6 +705,54 @@ fn pids_below(dir: &Path) -> Result<std::collections::HashSet<u32>> {
     Ok(out)
 }
 
+/// Runs the calling thread under `SCHED_FIFO` until dropped, then restores
+/// its previous policy. Best effort: without the privilege nothing changes.
+struct RealtimeGuard {
+    policy: libc::c_int,
+    param: libc::sched_param,
+}
+
+impl RealtimeGuard {
+    fn enter() -> Option<RealtimeGuard> {
+        // SAFETY: plain syscalls on the calling thread (pid 0) with valid
+        // pointers to local values.
+        unsafe {
+            let policy = libc::sched_getscheduler(0);
+            let mut param: libc::sched_param = std::mem::zeroed();
+            if policy < 0 || libc::sched_getparam(0, &mut param) != 0 {
+                return None;
+            }
+            if policy == libc::SCHED_FIFO || policy == libc::SCHED_RR {
+                return None; // already real-time: leave it as the caller set it
+            }
+            // A low real-time priority: above every normal task, below the
+            // kernel's own real-time threads.
+            let rt = libc::sched_param { sched_priority: 1 };
+            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &rt) != 0 {
+                tracing::debug!(
+                    error = %io::Error::last_os_error(),
+                    "no SCHED_FIFO for the frozen window"
+                );
+                return None;
+            }
+            Some(RealtimeGuard { policy, param })
+        }
+    }
+}
+
+impl Drop for RealtimeGuard {
+    fn drop(&mut self) {
+        // SAFETY: restores the values read in `enter` for the same thread.
+        let rc = unsafe { libc::sched_setscheduler(0, self.policy, &self.param) };
+        if rc != 0 {
+            tracing::warn!(
+                error = %io::Error::last_os_error(),
+                "could not restore the scheduling policy after the frozen window"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Dead-man switch.
 
@@ -1086,6 +1134,9 @@ pub fn with_frozen<T>(
     }
     let (thaw_path, thaw_bytes) = freezer.thaw_command();
     let watchdog = Watchdog::arm(&thaw_path, thaw_bytes, bound)?;
+    // Every scheduling delay of this thread inside the window is pause the
+    // container feels: run it real-time until the thaw (dropped on return).
+    let _rt = RealtimeGuard::enter();
 
     let t0 = Instant::now();
     if let Err(e) = no_panic("freeze", || freezer.freeze(freeze_timeout)) {
@@ -1726,6 +1777,20 @@ mod tests {
             let e = freezer_for_pid(std::process::id()).err().unwrap();
             assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported, "{e}");
         }
+    }
+
+    #[test]
+    fn realtime_guard_restores_the_policy() {
+        // SAFETY: reads the calling thread's policy.
+        let before = unsafe { libc::sched_getscheduler(0) };
+        {
+            let g = RealtimeGuard::enter();
+            if unsafe { libc::geteuid() } == 0 && before == libc::SCHED_OTHER {
+                assert!(g.is_some());
+                assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_FIFO);
+            }
+        }
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, before);
     }
 
     #[test]
