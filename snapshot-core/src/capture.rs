@@ -1041,6 +1041,7 @@ struct Item {
 /// Phase 2 visitor: only compares; copying happens after the walk.
 struct Collect<'a> {
     recs: &'a mut HashMap<Vec<u8>, Rec>,
+    forced: &'a HashSet<Vec<u8>>,
     gen_: u32,
     work: Vec<Item>,
     /// Clean multiply-linked paths: dirty after all if their inode is.
@@ -1055,7 +1056,7 @@ impl Collect<'_> {
         let dirty = match self.recs.get_mut(rel) {
             Some(r) => {
                 r.seen = self.gen_;
-                !r.clean(&meta)
+                !r.clean(&meta) || (meta.fmt() == libc::S_IFREG && self.forced.contains(rel))
             }
             None => true,
         };
@@ -1106,6 +1107,8 @@ pub struct Capture {
     gen_: u32,
     copier: Copier,
     totals: (u64, u64),
+    /// Regular files the next sync re-copies whatever their stat says.
+    forced: HashSet<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -1147,6 +1150,7 @@ impl Capture {
                 buf: Vec::new(),
             },
             totals: (0, 0),
+            forced: HashSet::new(),
         })
     }
 
@@ -1198,6 +1202,14 @@ impl Capture {
         Ok(stats)
     }
 
+    /// Marks regular files (paths relative to the upper dir) that the next
+    /// [`Self::sync_frozen`] re-copies even when their stat is unchanged: files
+    /// mapped shared-writable by the container, whose writes to already-dirty
+    /// pages change neither mtime nor ctime.
+    pub fn force_recopy(&mut self, paths: impl IntoIterator<Item = Vec<u8>>) {
+        self.forced.extend(paths);
+    }
+
     /// Phase 2, container frozen: walks the upper dir, re-copies entries that
     /// changed since they were recorded (per inode, so hardlinks follow),
     /// removes vanished ones and fixes metadata, leaving the capture dir
@@ -1214,6 +1226,7 @@ impl Capture {
         let st = fstat(&top).at("stat", &ctx.upper)?;
         let mut col = Collect {
             recs: &mut self.recs,
+            forced: &self.forced,
             gen_,
             work: Vec::new(),
             clean_links: Vec::new(),
@@ -1229,6 +1242,8 @@ impl Capture {
             entries,
             ..
         } = col;
+        // Forced once: the next sync looks at its own mappings.
+        self.forced.clear();
         // Parents of clean paths exist in the capture, so order is kept.
         work.extend(
             clean_links
@@ -1973,6 +1988,99 @@ mod tests {
         let s = c.sync_frozen().unwrap();
         assert_eq!((s.files, s.bytes_copied, s.removed), (1, 7, 1), "{s:?}");
         assert_trees_equal(&u, &dest);
+    }
+
+    /// A page of `path` mapped shared-writable, for writes that bypass write(2).
+    struct SharedMap {
+        _file: std::fs::File,
+        ptr: *mut u8,
+        len: usize,
+    }
+
+    impl SharedMap {
+        fn new(path: &Path, len: usize) -> Self {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
+            // SAFETY: maps `len` bytes of an open file we keep alive.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(ptr, libc::MAP_FAILED);
+            SharedMap {
+                _file: file,
+                ptr: ptr.cast(),
+                len,
+            }
+        }
+
+        fn write(&self, at: usize, b: u8) {
+            assert!(at < self.len);
+            // SAFETY: in bounds of the live mapping.
+            unsafe { self.ptr.add(at).write_volatile(b) };
+        }
+    }
+
+    impl Drop for SharedMap {
+        fn drop(&mut self) {
+            // SAFETY: unmaps what `new` mapped.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+
+    #[test]
+    fn forced_recopy_catches_writes_through_shared_mappings() {
+        if !root() {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let u = t.path().join("upper");
+        std::fs::create_dir_all(&u).unwrap();
+        let (plain, forced) = (u.join("plain"), u.join("forced"));
+        std::fs::write(&plain, vec![b'a'; 4096]).unwrap();
+        std::fs::write(&forced, vec![b'a'; 4096]).unwrap();
+        let maps = [SharedMap::new(&plain, 4096), SharedMap::new(&forced, 4096)];
+        // The first write faults and updates ctime; the page stays dirty.
+        for m in &maps {
+            m.write(0, b'1');
+        }
+        std::thread::sleep(Duration::from_millis(120));
+        let dest = t.path().join("cap");
+        let mut c = Capture::new(&u, &dest).unwrap();
+        c.precopy(&mut |_| {}).unwrap();
+        let ctime = |p: &Path| std::fs::metadata(p).unwrap().ctime_nsec();
+        let before = ctime(&plain);
+        // Writes to an already-dirty page: no fault, no time update.
+        for m in &maps {
+            m.write(1, b'2');
+        }
+        std::thread::sleep(Duration::from_millis(120));
+        c.force_recopy([b"forced".to_vec()]);
+        c.sync_frozen().unwrap();
+        assert_eq!(
+            std::fs::read(dest.join("forced")).unwrap(),
+            std::fs::read(&forced).unwrap()
+        );
+        if ctime(&plain) == before {
+            // Without the hint the change is invisible to a stat comparison:
+            // this is why the committer looks at the container's mappings.
+            assert_ne!(
+                std::fs::read(dest.join("plain")).unwrap(),
+                std::fs::read(&plain).unwrap()
+            );
+        }
+        // The hint is used once.
+        c.sync_frozen().unwrap();
     }
 
     #[test]

@@ -680,7 +680,7 @@ pub fn freezer_for_pids(init: u32, pids: &[u32]) -> Result<Box<dyn Freezer>> {
 }
 
 /// Every pid in the cgroup `dir` and its descendants.
-fn pids_below(dir: &Path) -> Result<std::collections::HashSet<u32>> {
+pub fn pids_below(dir: &Path) -> Result<std::collections::HashSet<u32>> {
     let mut out = std::collections::HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -32,6 +32,7 @@ pub mod freeze;
 pub mod image;
 pub mod jobs;
 pub mod layer;
+pub mod mappings;
 pub mod push;
 pub mod result;
 pub mod snapshotter;

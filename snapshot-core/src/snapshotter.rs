@@ -14,6 +14,7 @@ use crate::containerd::{self, ContainerdClient};
 use crate::error::{Error, IoContext, Result};
 use crate::freeze;
 use crate::jobs::{self, JobSpec, StatusWriter};
+use crate::mappings;
 use crate::push;
 use crate::result::SnapshotResult;
 use crate::status::{ErrorInfo, SnapshotState, SnapshotStatus, StatusStore, Worker};
@@ -270,7 +271,13 @@ impl ContainerdSnapshotter {
             Ok(d) => d,
             Err(e) => return Err(self.fail(&writer, e)),
         };
-        let outcome = self.capture_frozen(&mount.upper, &capture_dir, freezer.as_ref(), &writer);
+        let outcome = self.capture_frozen(
+            &mount.upper,
+            &capture_dir,
+            freezer.as_ref(),
+            container.pid,
+            &writer,
+        );
         let (capture, pause, captured_at) = match outcome {
             Ok(v) => v,
             Err(e) => {
@@ -342,18 +349,26 @@ impl ContainerdSnapshotter {
         upper: &Path,
         dest: &Path,
         freezer: &dyn freeze::Freezer,
+        pid: u32,
         writer: &StatusWriter,
     ) -> Result<(Capture, freeze::PauseTiming, chrono::DateTime<Utc>)> {
         let mut capture = Capture::new(upper, dest)?;
         let pre = capture.precopy(&mut |done| writer.progress(done, 0))?;
         tracing::debug!(entries = pre.entries, bytes = pre.bytes_copied, took = ?pre.duration, "pre-copy done");
         let hold = self.config.fault_hold_frozen;
+        // The device of the container's root overlay, as its memory maps show it.
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let root_dev = std::fs::metadata(&root).at("stat", &root)?.dev();
         let ((sync, captured_at), pause) = freeze::with_frozen(
             freezer,
             self.config.freeze_timeout,
             self.config.max_pause,
             || {
                 let at = Utc::now();
+                // Stable while frozen: files written through shared mappings
+                // may have changed without a trace in their stat.
+                let pids = freeze::pids_below(freezer.path())?;
+                capture.force_recopy(mappings::shared_writable_files(&pids, root_dev));
                 let stats = capture.sync_frozen()?;
                 if let Some(h) = hold {
                     std::thread::sleep(h);
