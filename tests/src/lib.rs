@@ -580,6 +580,17 @@ impl CgroupFiles {
         false
     }
 
+    /// Freezes through every freezer interface the process has (as another
+    /// tool would).
+    pub fn freeze(&self) {
+        if let Some(d) = &self.v1 {
+            let _ = fs::write(d.join("freezer.state"), "FROZEN");
+        }
+        if let Some(d) = &self.v2 {
+            let _ = fs::write(d.join("cgroup.freeze"), "1");
+        }
+    }
+
     /// Thaws both freezers (cleanup after a failed test).
     pub fn thaw(&self) {
         if let Some(d) = &self.v1 {

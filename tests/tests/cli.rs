@@ -3,6 +3,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use seamless_snapshot::{ContainerdSnapshotter, ErrorKind, SeamlessSnapshot};
 use seamless_snapshot_tests::{Rig, check_cmd, run_cmd, wait_until};
 
 const WRITER: &str = "i=0; while true; do i=$((i+1)); echo $i > /data/counter; usleep 5000; done";
@@ -95,4 +96,56 @@ fn commit_without_wait_completes_via_cli() {
     // The image is really there.
     let m = rig.inspect_raw(&target);
     assert!(m["layers"].as_array().is_some_and(|l| l.len() >= 2), "{m}");
+}
+
+#[test]
+fn concurrent_commit_is_busy_and_a_foreign_freeze_is_left_alone() {
+    let Some(rig) = Rig::new() else { return };
+    rig.run_container("guarded", WRITER);
+    wait_until(Duration::from_secs(10), || rig.read_counter("guarded") > 10).unwrap();
+    let cgroup = rig.cgroup("guarded");
+
+    // A first commit holds the container frozen for a while.
+    let mut cmd = rig.cli();
+    cmd.args(["commit", "--container", "guarded", "--target"])
+        .arg(rig.target("guarded", "1"))
+        .args(["--json", "--debug-hold-frozen", "3s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut first = cmd.spawn().expect("spawn the CLI");
+    wait_until(Duration::from_secs(60), || {
+        cgroup.is_frozen() || first.try_wait().ok().flatten().is_some()
+    })
+    .expect("the first commit never froze the container");
+
+    // A second commit of the same container is refused while it lasts:
+    // its thaw would end the first one's window early.
+    let snap = ContainerdSnapshotter::new(rig.config()).unwrap();
+    let err = snap
+        .commit("guarded", &rig.target("guarded", "2"))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "first commit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cgroup.is_frozen());
+
+    // Someone else freezes the container: we refuse, and leave it frozen.
+    cgroup.freeze();
+    let err = snap
+        .commit("guarded", &rig.target("guarded", "3"))
+        .unwrap_err();
+    let still_frozen = cgroup.is_frozen();
+    cgroup.thaw();
+    assert_eq!(err.kind(), ErrorKind::ContainerNotRunning, "{err}");
+    assert!(still_frozen, "a foreign freeze was undone");
+    let before = rig.read_counter("guarded");
+    wait_until(Duration::from_secs(10), || {
+        rig.read_counter("guarded") > before + 5
+    })
+    .expect("the container does not run after the thaw");
 }
