@@ -7,25 +7,22 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use seamless_snapshot::config::{DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_STATE_DIR};
-use seamless_snapshot::snapshotter::read_status;
-use seamless_snapshot::status::StatusStore;
 use seamless_snapshot::{
     BackgroundMode, CommitOptions, Compression, Config, ContainerdSnapshotter, Error,
-    SnapshotState, SnapshotStatus,
+    SeamlessSnapshot, SnapshotState, SnapshotStatus,
 };
 
 #[derive(Parser, Debug)]
 #[command(name = "seamless-snapshot", version, about)]
 struct Cli {
     /// containerd's socket.
-    #[arg(long, global = true, env = "CONTAINERD_ADDRESS", default_value = DEFAULT_CONTAINERD_ADDRESS)]
+    #[arg(long, global = true, env = "CONTAINERD_ADDRESS", default_value = Config::DEFAULT_CONTAINERD_ADDRESS)]
     address: String,
     /// containerd namespace.
-    #[arg(long, short = 'n', global = true, env = "CONTAINERD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    #[arg(long, short = 'n', global = true, env = "CONTAINERD_NAMESPACE", default_value = Config::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Where snapshot jobs, captures and blobs are kept.
-    #[arg(long, global = true, env = "SEAMLESS_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    #[arg(long, global = true, env = "SEAMLESS_STATE_DIR", default_value = Config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -71,9 +68,6 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
-        /// Fault injection for tests: stay frozen this much longer.
-        #[arg(long, hide = true, value_parser = humantime::parse_duration)]
-        debug_hold_frozen: Option<Duration>,
     },
     /// Show a snapshot's status.
     Status {
@@ -170,16 +164,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             annotations,
             docker_config,
             json,
-            debug_hold_frozen,
         } => {
-            let exe = std::env::current_exe()
-                .map_err(|e| Error::io("locate own executable", "/proc/self/exe", e))?;
+            let exe = std::env::current_exe().map_err(|source| Error::Io {
+                op: "locate own executable",
+                path: "/proc/self/exe".into(),
+                source,
+            })?;
             let config = Config {
                 containerd_address: cli.address,
                 namespace: cli.namespace,
                 state_dir: cli.state_dir.clone(),
                 docker_config,
-                fault_hold_frozen: debug_hold_frozen,
                 // Without --wait the build and push must outlive this command.
                 background: BackgroundMode::Process {
                     program: exe,
@@ -212,7 +207,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             if wait {
                 let remaining = timeout.saturating_sub(started.elapsed());
-                match wait_with_progress(&cli.state_dir, &result.snapshot_id, remaining, !json) {
+                match wait_with_progress(&snap, &result.snapshot_id, remaining, !json) {
                     Ok(status) => {
                         result.manifest_digest = status.manifest_digest;
                         result.layer = status.layer;
@@ -240,7 +235,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { id, json } => {
-            let status = read_status(&cli.state_dir, &id)?;
+            let status = reader(&cli.address, &cli.namespace, &cli.state_dir)?.get_status(&id)?;
             if json {
                 print_json(&status)?;
             } else {
@@ -249,7 +244,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Wait { id, timeout, json } => {
-            let status = wait_with_progress(&cli.state_dir, &id, timeout, !json)?;
+            let status = wait_with_progress(
+                &reader(&cli.address, &cli.namespace, &cli.state_dir)?,
+                &id,
+                timeout,
+                !json,
+            )?;
             if json {
                 print_json(&status)?;
             } else {
@@ -258,16 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List { json } => {
-            let store = StatusStore::new(&cli.state_dir);
-            let mut all = Vec::new();
-            for s in store.list()? {
-                match read_status(&cli.state_dir, &s.snapshot_id) {
-                    Ok(s) => all.push(s),
-                    // Removed between listing and reading.
-                    Err(Error::SnapshotNotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            let all = reader(&cli.address, &cli.namespace, &cli.state_dir)?.list()?;
             if json {
                 print_json(&all)?;
             } else {
@@ -334,9 +325,23 @@ fn print_status(s: &SnapshotStatus) {
     }
 }
 
-/// Waits on the status file, with a progress bar on a terminal.
-fn wait_with_progress(
+/// A snapshotter for the commands that only read the state directory.
+fn reader(
+    address: &str,
+    namespace: &str,
     state_dir: &std::path::Path,
+) -> Result<ContainerdSnapshotter, Error> {
+    ContainerdSnapshotter::new(Config {
+        containerd_address: address.to_string(),
+        namespace: namespace.to_string(),
+        state_dir: state_dir.to_path_buf(),
+        ..Config::default()
+    })
+}
+
+/// The core's wait, with a progress bar on a terminal.
+fn wait_with_progress(
+    snap: &ContainerdSnapshotter,
     id: &str,
     timeout: Duration,
     show: bool,
@@ -350,29 +355,15 @@ fn wait_with_progress(
         }
         b
     });
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = read_status(state_dir, id)?;
+    let result = snap.wait_observing(id, timeout, &mut |status| {
         if let Some(b) = &bar {
             b.set_message(status.state.to_string());
             b.set_length(status.progress.total);
             b.set_position(status.progress.done);
         }
-        if status.state.is_terminal() || Instant::now() >= deadline {
-            if let Some(b) = &bar {
-                b.finish_and_clear();
-            }
-            if !status.state.is_terminal() {
-                return Err(Error::Timeout {
-                    snapshot_id: id.to_string(),
-                    timeout,
-                });
-            }
-            return match status.failure() {
-                Some(e) => Err(e),
-                None => Ok(status),
-            };
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    });
+    if let Some(b) = &bar {
+        b.finish_and_clear();
     }
+    result
 }

@@ -34,18 +34,7 @@ use nix::unistd::{UnlinkatFlags, Whence, dup, ftruncate, linkat, lseek, symlinka
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-
-/// How file data is copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CaptureStrategy {
-    /// Every file was cloned with `FICLONE` (XFS, btrfs: same filesystem).
-    Reflink,
-    /// File data was copied with `copy_file_range` (or read/write).
-    CopyFileRange,
-    /// Some files were cloned, others copied.
-    Mixed,
-}
+use crate::types::CaptureStrategy;
 
 /// Counters of one phase.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1422,6 +1411,7 @@ impl Capture {
     }
 
     /// The capture directory.
+    #[cfg(test)]
     pub fn dest(&self) -> &Path {
         &self.ctx.dest
     }

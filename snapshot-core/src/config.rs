@@ -6,14 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::layer::Compression;
-
-/// Default containerd socket.
-pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
-/// Default containerd namespace.
-pub const DEFAULT_NAMESPACE: &str = "default";
-/// Default state directory (job records, capture directories, blobs).
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/seamless-snapshot";
+use crate::types::Compression;
 
 /// How the background build and push of a commit runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -68,18 +61,23 @@ pub struct Config {
     pub background: BackgroundMode,
     /// Options applied to every commit.
     pub defaults: CommitOptions,
-    /// Fault injection for tests: keep the container frozen this much longer
-    /// inside the frozen window (to kill the committer there). Never set it in
-    /// production.
-    pub fault_hold_frozen: Option<Duration>,
+}
+
+impl Config {
+    /// Default containerd socket.
+    pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
+    /// Default containerd namespace.
+    pub const DEFAULT_NAMESPACE: &str = "default";
+    /// Default state directory (job records, capture directories, blobs).
+    pub const DEFAULT_STATE_DIR: &str = "/var/lib/seamless-snapshot";
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            containerd_address: DEFAULT_CONTAINERD_ADDRESS.to_string(),
-            namespace: DEFAULT_NAMESPACE.to_string(),
-            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            containerd_address: Self::DEFAULT_CONTAINERD_ADDRESS.to_string(),
+            namespace: Self::DEFAULT_NAMESPACE.to_string(),
+            state_dir: PathBuf::from(Self::DEFAULT_STATE_DIR),
             capture_root: None,
             freeze_timeout: Duration::from_secs(2),
             max_pause: Duration::from_secs(10),
@@ -88,7 +86,6 @@ impl Default for Config {
             keep_failed: true,
             background: BackgroundMode::InProcess,
             defaults: CommitOptions::default(),
-            fault_hold_frozen: None,
         }
     }
 }

@@ -94,11 +94,6 @@ impl ContainerdClient {
         })
     }
 
-    /// The namespace this client works in.
-    pub fn namespace(&self) -> &str {
-        &self.namespace_name
-    }
-
     fn request<T>(&self, msg: T) -> Request<T> {
         let mut req = Request::new(msg);
         req.metadata_mut()

@@ -14,6 +14,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// [`ErrorKind::code`]) so that the C ABI and the Python module can expose
 /// them without string matching.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// containerd does not know a container with this id in the namespace.
     #[error("container {id:?} not found in containerd namespace {namespace:?}")]
@@ -150,68 +151,81 @@ pub enum Error {
 }
 
 /// The kind of an [`Error`], with a stable numeric code.
+///
+/// The code is the discriminant itself (`kind as u32`), so there is one
+/// table to keep. Codes are never reused or renumbered; 0 is reserved for
+/// success in the C ABI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(u32)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// See [`Error::ContainerNotFound`].
-    ContainerNotFound,
+    ContainerNotFound = 1,
     /// See [`Error::ContainerNotRunning`].
-    ContainerNotRunning,
+    ContainerNotRunning = 2,
     /// See [`Error::Unsupported`].
-    Unsupported,
+    Unsupported = 3,
     /// See [`Error::InvalidReference`].
-    InvalidReference,
+    InvalidReference = 4,
     /// See [`Error::RegistryUnauthorized`].
-    RegistryUnauthorized,
+    RegistryUnauthorized = 5,
     /// See [`Error::RegistryUnreachable`].
-    RegistryUnreachable,
+    RegistryUnreachable = 6,
     /// See [`Error::Registry`].
-    Registry,
+    Registry = 7,
     /// See [`Error::Containerd`].
-    Containerd,
+    Containerd = 8,
     /// See [`Error::Freeze`].
-    Freeze,
+    Freeze = 9,
     /// See [`Error::Io`].
-    Io,
+    Io = 10,
     /// See [`Error::Timeout`].
-    Timeout,
+    Timeout = 11,
     /// See [`Error::SnapshotNotFound`].
-    SnapshotNotFound,
+    SnapshotNotFound = 12,
     /// See [`Error::JobFailed`].
-    JobFailed,
+    JobFailed = 13,
     /// See [`Error::InvalidArgument`].
-    InvalidArgument,
+    InvalidArgument = 14,
     /// See [`Error::InvalidImage`].
-    InvalidImage,
+    InvalidImage = 15,
     /// See [`Error::Internal`].
-    Internal,
+    Internal = 16,
     /// See [`Error::Busy`].
-    Busy,
+    Busy = 17,
 }
 
 impl ErrorKind {
-    /// The stable numeric code of this kind. Codes are never reused or
-    /// renumbered; 0 is reserved for success in the C ABI.
+    /// Every kind, in code order.
+    pub const ALL: [ErrorKind; 17] = [
+        ErrorKind::ContainerNotFound,
+        ErrorKind::ContainerNotRunning,
+        ErrorKind::Unsupported,
+        ErrorKind::InvalidReference,
+        ErrorKind::RegistryUnauthorized,
+        ErrorKind::RegistryUnreachable,
+        ErrorKind::Registry,
+        ErrorKind::Containerd,
+        ErrorKind::Freeze,
+        ErrorKind::Io,
+        ErrorKind::Timeout,
+        ErrorKind::SnapshotNotFound,
+        ErrorKind::JobFailed,
+        ErrorKind::InvalidArgument,
+        ErrorKind::InvalidImage,
+        ErrorKind::Internal,
+        ErrorKind::Busy,
+    ];
+
+    /// The stable numeric code of this kind.
     pub fn code(self) -> u32 {
-        match self {
-            ErrorKind::ContainerNotFound => 1,
-            ErrorKind::ContainerNotRunning => 2,
-            ErrorKind::Unsupported => 3,
-            ErrorKind::InvalidReference => 4,
-            ErrorKind::RegistryUnauthorized => 5,
-            ErrorKind::RegistryUnreachable => 6,
-            ErrorKind::Registry => 7,
-            ErrorKind::Containerd => 8,
-            ErrorKind::Freeze => 9,
-            ErrorKind::Io => 10,
-            ErrorKind::Timeout => 11,
-            ErrorKind::SnapshotNotFound => 12,
-            ErrorKind::JobFailed => 13,
-            ErrorKind::InvalidArgument => 14,
-            ErrorKind::InvalidImage => 15,
-            ErrorKind::Internal => 16,
-            ErrorKind::Busy => 17,
-        }
+        self as u32
+    }
+
+    /// The kind with this code, if any.
+    pub fn from_code(code: u32) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
     }
 
     /// The snake_case name of this kind, as used in JSON.
@@ -269,7 +283,7 @@ impl Error {
     }
 
     /// Builds an [`Error::Io`] from an error and the path it concerns.
-    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             op,
             path: path.into(),
@@ -278,13 +292,17 @@ impl Error {
     }
 
     /// Builds an [`Error::Io`] from a `nix` errno and the path it concerns.
-    pub fn errno(op: &'static str, path: impl Into<PathBuf>, errno: nix::errno::Errno) -> Self {
+    pub(crate) fn errno(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        errno: nix::errno::Errno,
+    ) -> Self {
         Error::io(op, path, std::io::Error::from_raw_os_error(errno as i32))
     }
 }
 
 /// Extension to attach an operation and a path to `std::io::Result`s.
-pub trait IoContext<T> {
+pub(crate) trait IoContext<T> {
     /// Converts the error into an [`Error::Io`] naming `op` and `path`.
     fn at(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
 }
@@ -307,25 +325,7 @@ mod tests {
 
     #[test]
     fn codes_are_distinct_and_nonzero() {
-        let kinds = [
-            ErrorKind::ContainerNotFound,
-            ErrorKind::ContainerNotRunning,
-            ErrorKind::Unsupported,
-            ErrorKind::InvalidReference,
-            ErrorKind::RegistryUnauthorized,
-            ErrorKind::RegistryUnreachable,
-            ErrorKind::Registry,
-            ErrorKind::Containerd,
-            ErrorKind::Freeze,
-            ErrorKind::Io,
-            ErrorKind::Timeout,
-            ErrorKind::SnapshotNotFound,
-            ErrorKind::JobFailed,
-            ErrorKind::InvalidArgument,
-            ErrorKind::InvalidImage,
-            ErrorKind::Internal,
-            ErrorKind::Busy,
-        ];
+        let kinds = ErrorKind::ALL;
         let mut codes: Vec<u32> = kinds.iter().map(|k| k.code()).collect();
         codes.sort_unstable();
         codes.dedup();
@@ -334,7 +334,13 @@ mod tests {
         for k in kinds {
             let json = serde_json::to_string(&k).unwrap();
             assert_eq!(json, format!("\"{}\"", k.as_str()));
+            assert_eq!(ErrorKind::from_code(k.code()), Some(k));
         }
+        assert_eq!(ErrorKind::from_code(0), None);
+        // The codes are a published contract: pin a few.
+        assert_eq!(ErrorKind::ContainerNotFound.code(), 1);
+        assert_eq!(ErrorKind::Io.code(), 10);
+        assert_eq!(ErrorKind::Busy.code(), 17);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use nix::sys::time::TimeSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::types::FreezerKind;
 
 const V2_FREEZE: &str = "cgroup.freeze";
 const V2_EVENTS: &str = "cgroup.events";
@@ -35,16 +36,6 @@ const THAW_TIMEOUT: Duration = Duration::from_secs(1);
 /// Interval between re-reads of the freezer state. Sleeping (not spinning)
 /// leaves the CPU to the tasks that must reach the refrigerator.
 const POLL_INTERVAL: Duration = Duration::from_micros(20);
-
-/// Which freezer interface is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FreezerKind {
-    /// cgroup v2: `cgroup.freeze` + `cgroup.events`.
-    V2,
-    /// cgroup v1 freezer controller: `freezer.state`.
-    V1,
-}
 
 /// Low-level cgroup freezer operations, behind a trait so that the
 /// orchestration ([`with_frozen`]) can be tested with a fake.
@@ -851,6 +842,7 @@ impl Watchdog {
     }
 
     /// The watchdog's process id.
+    #[cfg(test)]
     pub fn pid(&self) -> u32 {
         self.pid.unsigned_abs()
     }
@@ -1549,7 +1541,7 @@ mod tests {
         }
 
         fn with_command(kind: FreezerKind, argv: &[&str]) -> Option<Self> {
-            if unsafe { libc::geteuid() } != 0 {
+            if !nix::unistd::geteuid().is_root() {
                 eprintln!("not root: skipped");
                 return None;
             }
@@ -1785,12 +1777,16 @@ mod tests {
         let before = unsafe { libc::sched_getscheduler(0) };
         {
             let g = RealtimeGuard::enter();
-            if unsafe { libc::geteuid() } == 0 && before == libc::SCHED_OTHER {
+            if nix::unistd::geteuid().is_root() && before == libc::SCHED_OTHER {
                 assert!(g.is_some());
-                assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_FIFO);
+                // SAFETY: reads the calling thread's policy.
+                let now = unsafe { libc::sched_getscheduler(0) };
+                assert_eq!(now, libc::SCHED_FIFO);
             }
         }
-        assert_eq!(unsafe { libc::sched_getscheduler(0) }, before);
+        // SAFETY: reads the calling thread's policy.
+        let after = unsafe { libc::sched_getscheduler(0) };
+        assert_eq!(after, before);
     }
 
     #[test]

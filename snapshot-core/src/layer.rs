@@ -20,61 +20,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use crate::types::Compression;
 use tar::{Entry, Kind};
-
-/// Layer compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// gzip (flate2, default level): the most widely supported.
-    #[default]
-    Gzip,
-    /// zstd, level 3.
-    Zstd,
-    /// Uncompressed tar.
-    None,
-}
-
-impl Compression {
-    /// The OCI media type of a layer with this compression.
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-            Compression::None => "application/vnd.oci.image.layer.v1.tar",
-        }
-    }
-
-    /// The name used in configuration: `gzip`, `zstd` or `none`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-            Compression::None => "none",
-        }
-    }
-}
-
-impl std::fmt::Display for Compression {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Compression {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "gzip" => Ok(Compression::Gzip),
-            "zstd" => Ok(Compression::Zstd),
-            "none" => Ok(Compression::None),
-            _ => Err(Error::InvalidArgument(format!(
-                "unknown compression {s:?} (expected gzip, zstd or none)"
-            ))),
-        }
-    }
-}
 
 /// What was built.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -617,6 +564,7 @@ mod tests {
     fn setx(path: &Path, name: &str, value: &[u8]) {
         let p = CString::new(path.as_os_str().as_bytes()).unwrap();
         let n = CString::new(name).unwrap();
+        // SAFETY: both strings are NUL-terminated; value is a live slice.
         let r = unsafe {
             libc::lsetxattr(
                 p.as_ptr(),
@@ -633,6 +581,7 @@ mod tests {
         let p = CString::new(path.as_os_str().as_bytes()).unwrap();
         let n = CString::new(name).unwrap();
         let mut buf = vec![0u8; 4096];
+        // SAFETY: both strings are NUL-terminated; buf is writable for its length.
         let r =
             unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         (r >= 0).then(|| {

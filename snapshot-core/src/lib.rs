@@ -24,30 +24,35 @@
 //! instant the freeze is requested to the instant the thaw completes.
 #![deny(missing_docs)]
 
-pub mod capture;
-pub mod config;
-pub mod containerd;
-pub mod error;
-pub mod freeze;
-pub mod image;
-pub mod jobs;
-pub mod layer;
-pub mod mappings;
-pub mod push;
-pub mod result;
-pub mod snapshotter;
-pub mod status;
+mod capture;
+mod config;
+mod containerd;
+mod error;
+mod freeze;
+mod image;
+mod jobs;
+mod layer;
+mod mappings;
+mod push;
+mod result;
+mod snapshotter;
+mod status;
+mod types;
 
 use std::time::Duration;
 
-pub use capture::CaptureStrategy;
+#[doc(inline)]
 pub use config::{BackgroundMode, CommitOptions, Config};
+#[doc(inline)]
 pub use error::{Error, ErrorKind, Result};
-pub use freeze::FreezerKind;
-pub use layer::Compression;
+#[doc(inline)]
 pub use result::SnapshotResult;
+#[doc(inline)]
 pub use snapshotter::ContainerdSnapshotter;
+#[doc(inline)]
 pub use status::{ErrorInfo, LayerInfo, PhaseTimings, Progress, SnapshotState, SnapshotStatus};
+#[doc(inline)]
+pub use types::{CaptureStrategy, Compression, FreezerKind};
 
 /// Commit running containers to OCI images with a minimal pause.
 ///

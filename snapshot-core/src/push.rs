@@ -56,9 +56,11 @@ pub trait BlobSource: Send + Sync {
 }
 
 /// A [`BlobSource`] that has nothing.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoBlobSource;
 
+#[cfg(test)]
 impl BlobSource for NoBlobSource {
     fn open<'a>(
         &'a self,

@@ -6,9 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::capture::CaptureStrategy;
-use crate::freeze::FreezerKind;
 use crate::status::{LayerInfo, secs};
+use crate::types::{CaptureStrategy, FreezerKind};
 
 /// What `commit` and `commit_with_wait` return. Owned and serializable, so it
 /// crosses the C and Python boundaries as JSON unchanged.

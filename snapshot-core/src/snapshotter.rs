@@ -159,7 +159,18 @@ impl ContainerdSnapshotter {
     /// it failed and [`Error::Timeout`] when `timeout` passes first (the job
     /// goes on).
     pub fn wait(&self, snapshot_id: &str, timeout: Duration) -> Result<SnapshotStatus> {
-        wait_for(&self.store, snapshot_id, timeout)
+        wait_for(&self.store, snapshot_id, timeout, &mut |_| {})
+    }
+
+    /// Like [`Self::wait`], calling `on_status` with every status read while
+    /// waiting (the last one included), e.g. to show progress.
+    pub fn wait_observing(
+        &self,
+        snapshot_id: &str,
+        timeout: Duration,
+        on_status: &mut dyn FnMut(&SnapshotStatus),
+    ) -> Result<SnapshotStatus> {
+        wait_for(&self.store, snapshot_id, timeout, on_status)
     }
 
     /// All snapshots in the state directory, oldest first.
@@ -355,7 +366,7 @@ impl ContainerdSnapshotter {
         let mut capture = Capture::new(upper, dest)?;
         let pre = capture.precopy(&mut |done| writer.progress(done, 0))?;
         tracing::debug!(entries = pre.entries, bytes = pre.bytes_copied, took = ?pre.duration, "pre-copy done");
-        let hold = self.config.fault_hold_frozen;
+        let hold = fault_hold_frozen();
         // The device of the container's root overlay, as its memory maps show it.
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         let root_dev = std::fs::metadata(&root).at("stat", &root)?.dev();
@@ -449,6 +460,24 @@ impl ContainerdSnapshotter {
                 recorded
                 // The worker is reaped by init once we exit; a zombie until then.
             }
+        }
+    }
+}
+
+/// Test-only fault injection: how much longer to stay inside the frozen
+/// window (`SEAMLESS_FAULT_HOLD_FROZEN_MS`), so that tests can kill the
+/// committer there. Read only in debug builds: a release build has no such
+/// behaviour whatever its environment.
+fn fault_hold_frozen() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let ms = std::env::var("SEAMLESS_FAULT_HOLD_FROZEN_MS").ok()?;
+    match ms.trim().parse::<u64>() {
+        Ok(ms) => Some(Duration::from_millis(ms)),
+        Err(_) => {
+            tracing::warn!(value = %ms, "ignoring SEAMLESS_FAULT_HOLD_FROZEN_MS: not a number of milliseconds");
+            None
         }
     }
 }
@@ -550,10 +579,16 @@ fn effective_status(store: &StatusStore, status: SnapshotStatus) -> Result<Snaps
 }
 
 /// Waits on the status store (works across processes).
-pub fn wait_for(store: &StatusStore, id: &str, timeout: Duration) -> Result<SnapshotStatus> {
+fn wait_for(
+    store: &StatusStore,
+    id: &str,
+    timeout: Duration,
+    on_status: &mut dyn FnMut(&SnapshotStatus),
+) -> Result<SnapshotStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         let status = effective_status(store, store.read(id)?)?;
+        on_status(&status);
         if let Some(e) = status.failure() {
             return Err(e);
         }
@@ -569,12 +604,6 @@ pub fn wait_for(store: &StatusStore, id: &str, timeout: Duration) -> Result<Snap
         }
         std::thread::sleep(WAIT_POLL.min(deadline - now));
     }
-}
-
-/// Reads a snapshot's status from a state directory, without containerd.
-pub fn read_status(state_dir: &Path, id: &str) -> Result<SnapshotStatus> {
-    let store = StatusStore::new(state_dir);
-    effective_status(&store, store.read(id)?)
 }
 
 impl SeamlessSnapshot for ContainerdSnapshotter {
@@ -677,7 +706,7 @@ mod tests {
             start_ticks: 1,
         });
         store.write(&s).unwrap();
-        let err = wait_for(&store, "j1", Duration::from_secs(1)).unwrap_err();
+        let err = wait_for(&store, "j1", Duration::from_secs(1), &mut |_| {}).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::JobFailed);
 
         store.create_job_dir("j2").unwrap();
@@ -685,7 +714,7 @@ mod tests {
         s.state = SnapshotState::Building;
         s.worker = Worker::current();
         store.write(&s).unwrap();
-        let err = wait_for(&store, "j2", Duration::from_millis(150)).unwrap_err();
+        let err = wait_for(&store, "j2", Duration::from_millis(150), &mut |_| {}).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout);
     }
 }

@@ -61,8 +61,7 @@ impl RigEnv {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
         let problem = match &env {
             None => Some("rig not running (tests/rig/start.sh)".to_string()),
-            // SAFETY: geteuid has no preconditions.
-            Some(_) if unsafe { libc::geteuid() } != 0 => {
+            Some(_) if !nix::unistd::geteuid().is_root() => {
                 Some("the integration tests need root".to_string())
             }
             Some(e) if !Path::new(&e.containerd).exists() => Some(format!(
@@ -89,6 +88,7 @@ static EXEC_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// One test's private containerd namespace with the base image imported.
 /// Everything it created is removed on drop.
+#[derive(Debug)]
 pub struct Rig {
     /// The rig's coordinates.
     pub env: RigEnv,

@@ -18,7 +18,8 @@ fn sigkill_in_frozen_window_thaws() {
     let mut cmd = rig.cli();
     cmd.args(["commit", "--container", "victim", "--target"])
         .arg(rig.target("killed", "1"))
-        .args(["--json", "--debug-hold-frozen", "30s"])
+        .arg("--json")
+        .env("SEAMLESS_FAULT_HOLD_FROZEN_MS", "30000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -109,7 +110,8 @@ fn concurrent_commit_is_busy_and_a_foreign_freeze_is_left_alone() {
     let mut cmd = rig.cli();
     cmd.args(["commit", "--container", "guarded", "--target"])
         .arg(rig.target("guarded", "1"))
-        .args(["--json", "--debug-hold-frozen", "3s"])
+        .arg("--json")
+        .env("SEAMLESS_FAULT_HOLD_FROZEN_MS", "3000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
