@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::result::SnapshotResult;
+
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -115,6 +117,9 @@ pub enum Error {
         snapshot_id: String,
         /// How long was waited.
         timeout: Duration,
+        /// When the wait followed a commit (`commit_with_wait`): what that
+        /// commit captured, since the snapshot exists and goes on.
+        capture: Option<Box<SnapshotResult>>,
     },
 
     /// No snapshot with this id is known in the state directory.

@@ -68,8 +68,9 @@ pub trait SeamlessSnapshot: Send + Sync {
 
     /// Like [`Self::commit`], then waits until the image is pushed.
     ///
-    /// On timeout returns [`Error::Timeout`]; the background job keeps
-    /// running and stays queryable. If the job fails, returns
+    /// On timeout returns [`Error::Timeout`] carrying the capture's
+    /// [`SnapshotResult`]; the background job keeps running and stays
+    /// queryable. If the job fails, returns
     /// [`Error::JobFailed`] with the job's error kind.
     fn commit_with_wait(
         &self,

@@ -147,7 +147,22 @@ impl ContainerdSnapshotter {
         let mut result = self.capture(container_id, target_ref, options)?;
         if let Some(timeout) = wait {
             let remaining = timeout.saturating_sub(started.elapsed());
-            let status = self.wait(&result.snapshot_id, remaining)?;
+            let status = match self.wait(&result.snapshot_id, remaining) {
+                Ok(status) => status,
+                Err(Error::Timeout {
+                    snapshot_id,
+                    timeout,
+                    ..
+                }) => {
+                    result.total_time = started.elapsed();
+                    return Err(Error::Timeout {
+                        snapshot_id,
+                        timeout,
+                        capture: Some(Box::new(result)),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             result.manifest_digest = status.manifest_digest;
             result.layer = status.layer;
         }
@@ -600,6 +615,7 @@ fn wait_for(
             return Err(Error::Timeout {
                 snapshot_id: id.to_string(),
                 timeout,
+                capture: None,
             });
         }
         std::thread::sleep(WAIT_POLL.min(deadline - now));
