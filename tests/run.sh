@@ -22,7 +22,7 @@ if [[ -z ${SEAMLESS_TEST_CONTAINERD:-} ]]; then
     . "$rig/env"
     started=1
   else
-    echo "run.sh: not root: the integration tests will skip (rig not running)" >&2
+    echo "run.sh: not root: the root-only and integration tests will fail (they need root and the rig)" >&2
   fi
 fi
 if [[ $started == 1 && ${KEEP_RIG:-0} != 1 ]]; then
@@ -30,5 +30,7 @@ if [[ $started == 1 && ${KEEP_RIG:-0} != 1 ]]; then
 fi
 
 # One test at a time: the integration tests freeze containers and measure
-# pauses, and the machine may have only 2 cores.
-cargo test --workspace "$@" -- --test-threads=1
+# pauses, and the machine may have only 2 cores. Tests that need root or the
+# rig are #[ignore]d by default and included here; benchmarks (bench_*) and
+# helper processes re-executed by other tests (helper_*) are not tests.
+cargo test --workspace "$@" -- --include-ignored --skip bench_ --skip helper_ --test-threads=1

@@ -3,8 +3,11 @@
 //! run containers, inspect their cgroups, pull pushed images back and compare
 //! file trees path by path.
 //!
-//! The rig is found through the environment written to `RIG_DIR/env`. When
-//! it is missing the tests skip, except under `CI=true`, where they fail.
+//! The rig is found through the environment written to `RIG_DIR/env`. The
+//! tests that need it are `#[ignore = "needs root and the test rig"]`:
+//! `cargo test` lists them as ignored, and `tests/run.sh` runs them with
+//! `--include-ignored` after starting the rig. Run without the rig, they fail
+//! with the reason; they never pass without having run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr, OsString};
@@ -43,9 +46,9 @@ pub struct RigEnv {
 }
 
 impl RigEnv {
-    /// Reads the environment. `None` (after printing why) when the rig is not
-    /// running or we are not root; panics instead when `CI=true`.
-    pub fn from_env() -> Option<RigEnv> {
+    /// Reads the environment, or says why the rig cannot be used (not
+    /// running, or we are not root).
+    pub fn from_env() -> Result<RigEnv, String> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let env = (|| {
             Some(RigEnv {
@@ -58,27 +61,16 @@ impl RigEnv {
                 dir: get("SEAMLESS_TEST_RIG")?.into(),
             })
         })();
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        let problem = match &env {
-            None => Some("rig not running (tests/rig/start.sh)".to_string()),
+        match env {
+            None => Err("the test rig is not running: run tests/rig/start.sh and source RIG_DIR/env, or use tests/run.sh".to_string()),
             Some(_) if !nix::unistd::geteuid().is_root() => {
-                Some("the integration tests need root".to_string())
+                Err("the integration tests need root".to_string())
             }
-            Some(e) if !Path::new(&e.containerd).exists() => Some(format!(
-                "rig not running: no containerd socket {} (tests/rig/start.sh)",
+            Some(e) if !Path::new(&e.containerd).exists() => Err(format!(
+                "the test rig is not running: no containerd socket {} (tests/rig/start.sh)",
                 e.containerd
             )),
-            Some(_) => None,
-        };
-        match problem {
-            None => env,
-            Some(p) if ci => panic!(
-                "CI=true but {p}: run tests/rig/start.sh and source RIG_DIR/env (or use tests/run.sh)"
-            ),
-            Some(p) => {
-                eprintln!("skipping: {p}");
-                None
-            }
+            Some(e) => Ok(e),
         }
     }
 }
@@ -126,8 +118,19 @@ pub fn check_cmd(cmd: &mut Command) -> String {
 
 impl Rig {
     /// A fresh namespace `seamless-<pid>-<n>` with the base image imported.
-    /// `None` when the rig is not available (see [`RigEnv::from_env`]).
-    pub fn new() -> Option<Rig> {
+    /// Panics with the reason when the rig is not available (see
+    /// [`RigEnv::from_env`]): the tests using it are `#[ignore]`d by default
+    /// and run by `tests/run.sh` where the rig is up.
+    #[allow(clippy::new_without_default)] // creating a namespace is not a default value
+    pub fn new() -> Rig {
+        match Rig::try_new() {
+            Ok(rig) => rig,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// A new namespace, or why the rig is not available.
+    pub fn try_new() -> Result<Rig, String> {
         let env = RigEnv::from_env()?;
         let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
         let ns = format!("seamless-{}-{n}", std::process::id());
@@ -155,7 +158,7 @@ impl Rig {
             images.lines().any(|l| l.trim() == BASE_IMAGE),
             "importing {base} did not create {BASE_IMAGE}: {images}"
         );
-        Some(rig)
+        Ok(rig)
     }
 
     /// The containerd namespace of this test.

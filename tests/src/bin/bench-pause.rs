@@ -112,9 +112,12 @@ fn ms(ns: u64) -> f64 {
 
 fn main() {
     let args = parse_args();
-    let Some(rig) = Rig::new() else {
-        eprintln!("bench-pause: the rig is not running (tests/rig/start.sh, then . RIG_DIR/env)");
-        std::process::exit(2);
+    let rig = match Rig::try_new() {
+        Ok(rig) => rig,
+        Err(why) => {
+            eprintln!("bench-pause: {why}");
+            std::process::exit(2);
+        }
     };
     let id = "bench";
     rig.run_container(id, "while true; do sleep 1; done");
