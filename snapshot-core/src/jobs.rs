@@ -21,7 +21,7 @@ use crate::config::CommitOptions;
 use crate::error::{Error, IoContext, Result};
 use crate::image::{self, Descriptor, History};
 use crate::layer;
-use crate::push::{self, BlobSource, PushRequest, RegistrySettings};
+use crate::registry::{self, BlobSource, PushRequest, RegistrySettings};
 use crate::status::{LayerInfo, SnapshotState, SnapshotStatus, StatusStore, Worker};
 
 const SPEC_FILE: &str = "job.json";
@@ -278,7 +278,7 @@ async fn run_inner(
         target: spec.target_ref.clone(),
         // containerd image names need not be registry references (an
         // imported image, say); then no mount or pull from it is tried.
-        base_ref: push::parse_reference(&spec.base_image)
+        base_ref: registry::parse_reference(&spec.base_image)
             .ok()
             .map(|_| spec.base_image.clone()),
         image: new_image,
@@ -290,7 +290,7 @@ async fn run_inner(
         retries: spec.push_retries,
     };
     let w = writer.clone();
-    let digest = push::push_image(&request, &settings, base, &move |done, total| {
+    let digest = registry::push_image(&request, &settings, base, &move |done, total| {
         w.progress(done, total)
     })
     .await?;

@@ -33,7 +33,7 @@ mod image;
 mod jobs;
 mod layer;
 mod mappings;
-mod push;
+mod registry;
 mod result;
 mod snapshotter;
 mod status;

@@ -15,7 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::freeze;
 use crate::jobs::{self, JobSpec, StatusWriter};
 use crate::mappings;
-use crate::push;
+use crate::registry;
 use crate::result::SnapshotResult;
 use crate::status::{ErrorInfo, SnapshotState, SnapshotStatus, StatusStore, Worker};
 use crate::{SeamlessSnapshot, jobs::ensure_private_dir};
@@ -253,7 +253,7 @@ impl ContainerdSnapshotter {
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
         // Reject a bad target before anything is touched.
-        push::parse_reference(target_ref)?;
+        registry::parse_reference(target_ref)?;
         let (client, container, mount, base, pids) = self.runtime()?.block_on(async {
             let client =
                 ContainerdClient::connect(&self.config.containerd_address, &self.config.namespace)
