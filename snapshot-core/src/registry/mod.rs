@@ -8,7 +8,7 @@
 //! disk or from the source; nothing is held in memory whole except the
 //! config and manifest.
 //!
-//! By concern: [`reference`] (parsing, plain HTTP or HTTPS), [`auth`]
+//! By concern: [`reference`](mod@reference) (parsing, plain HTTP or HTTPS), [`auth`]
 //! (docker config credentials), [`retry`] (error classification, backoff),
 //! [`source`] (where blobs come from), [`upload`] (the registry client).
 
