@@ -314,7 +314,7 @@ impl ContainerdClient {
     }
 }
 
-impl crate::push::BlobSource for ContainerdClient {
+impl crate::registry::BlobSource for ContainerdClient {
     fn open<'a>(
         &'a self,
         digest: &'a str,

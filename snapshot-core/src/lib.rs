@@ -30,12 +30,13 @@ mod containerd;
 mod error;
 mod freeze;
 mod image;
-mod jobs;
+mod job;
 mod layer;
 mod mappings;
-mod push;
+mod registry;
 mod result;
 mod snapshotter;
+mod state;
 mod status;
 mod types;
 

@@ -1,22 +1,19 @@
-//! Snapshot status, and its store in the state directory.
+//! The public status of a snapshot, as stored in `status.json` and returned
+//! by `get_status`.
 //!
-//! Each snapshot has a directory `<state>/jobs/<id>/` holding `status.json`.
-//! Writes go to a temporary file that is fsynced and renamed over the old one,
-//! so a reader in another process sees either the old or the new status, and a
-//! crash never leaves a torn file.
+//! Plain data with a stable JSON form: durations are float seconds, states
+//! and error kinds snake_case. Where it is stored lives in `crate::state`.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::error::{Error, ErrorKind};
 
 /// Serde helpers writing durations as seconds (a float).
-pub mod secs {
+pub(crate) mod secs {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -263,168 +260,9 @@ impl SnapshotStatus {
     }
 }
 
-/// Reads and writes job records under `<state>/jobs/`.
-#[derive(Debug, Clone)]
-pub struct StatusStore {
-    jobs: PathBuf,
-}
-
-const STATUS_FILE: &str = "status.json";
-
-impl StatusStore {
-    /// A store rooted at `<state_dir>/jobs`. Nothing is created yet.
-    pub fn new(state_dir: &Path) -> Self {
-        StatusStore {
-            jobs: state_dir.join("jobs"),
-        }
-    }
-
-    /// The directory of one job.
-    pub fn job_dir(&self, id: &str) -> PathBuf {
-        self.jobs.join(id)
-    }
-
-    /// Creates the directory of a new job (mode 0700: it holds a copy of the
-    /// container's files).
-    pub fn create_job_dir(&self, id: &str) -> Result<PathBuf> {
-        validate_id(id)?;
-        fs::create_dir_all(&self.jobs).at("create directory", &self.jobs)?;
-        let dir = self.job_dir(id);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .at("create directory", &dir)?;
-        Ok(dir)
-    }
-
-    /// Atomically replaces the job's status (temp file, fsync, rename).
-    pub fn write(&self, status: &SnapshotStatus) -> Result<()> {
-        validate_id(&status.snapshot_id)?;
-        let dir = self.job_dir(&status.snapshot_id);
-        let mut status = status.clone();
-        status.updated_at = Utc::now();
-        let json = serde_json::to_vec_pretty(&status)
-            .map_err(|e| Error::Internal(format!("serialize status: {e}")))?;
-        write_atomic(&dir, STATUS_FILE, &json)
-    }
-
-    /// Reads a job's status.
-    pub fn read(&self, id: &str) -> Result<SnapshotStatus> {
-        validate_id(id)?;
-        let path = self.job_dir(id).join(STATUS_FILE);
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::SnapshotNotFound(id.to_string()));
-            }
-            Err(e) => return Err(Error::io("read", path, e)),
-        };
-        serde_json::from_slice(&data)
-            .map_err(|e| Error::InvalidArgument(format!("corrupt status {}: {e}", path.display())))
-    }
-
-    /// All known snapshot ids, oldest first.
-    pub fn list(&self) -> Result<Vec<SnapshotStatus>> {
-        let entries = match fs::read_dir(&self.jobs) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("read directory", &self.jobs, e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.at("read directory", &self.jobs)?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            match self.read(&name) {
-                Ok(s) => out.push(s),
-                // A job directory without status yet, or a foreign file: skip.
-                Err(Error::SnapshotNotFound(_)) | Err(Error::InvalidArgument(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        out.sort_by_key(|s| s.created_at);
-        Ok(out)
-    }
-}
-
-use std::os::unix::fs::DirBuilderExt;
-
-/// Writes `name` in `dir` atomically and durably.
-pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let dst = dir.join(name);
-    let mut f = fs::File::create(&tmp).at("create", &tmp)?;
-    f.write_all(data).at("write", &tmp)?;
-    f.sync_all().at("fsync", &tmp)?;
-    drop(f);
-    fs::rename(&tmp, &dst).at("rename", &dst)?;
-    // Make the rename itself durable.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// Snapshot ids become directory names: accept only a safe alphabet.
-pub(crate) fn validate_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "invalid snapshot id {id:?}"
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn write_read_roundtrip_and_list() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = StatusStore::new(tmp.path());
-        store.create_job_dir("a1").unwrap();
-        let mut s = SnapshotStatus::new("a1", "c", "localhost:5000/x:y");
-        s.state = SnapshotState::Building;
-        s.progress = Progress { done: 5, total: 10 };
-        s.timings.pause = Some(Duration::from_micros(80));
-        store.write(&s).unwrap();
-        let back = store.read("a1").unwrap();
-        assert_eq!(back.state, SnapshotState::Building);
-        assert_eq!(back.progress.done, 5);
-        assert_eq!(back.timings.pause, Some(Duration::from_micros(80)));
-        // No temp file left behind.
-        let names: Vec<_> = fs::read_dir(store.job_dir("a1"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("status.json")]);
-        store.create_job_dir("b2").unwrap();
-        assert_eq!(store.list().unwrap().len(), 1, "b2 has no status yet");
-    }
-
-    #[test]
-    fn unknown_and_invalid_ids() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = StatusStore::new(tmp.path());
-        assert_eq!(
-            store.read("nope").unwrap_err().kind(),
-            ErrorKind::SnapshotNotFound
-        );
-        assert_eq!(
-            store.read("../etc").unwrap_err().kind(),
-            ErrorKind::InvalidArgument
-        );
-        assert!(store.list().unwrap().is_empty());
-    }
 
     #[test]
     fn durations_serialize_as_seconds() {

@@ -8,6 +8,12 @@
 //! removed. On failure they are kept when `keep_failed` is set (the default)
 //! so the cause can be examined and the job rerun with
 //! [`crate::ContainerdSnapshotter::run_job`]; otherwise they are removed.
+//! A job whose worker process died is failed and cleaned up the same way by
+//! [`recover_orphans`], except that an interrupted capture is always removed.
+//!
+//! Next to `status.json`, a job directory holds `job.json` (the spec),
+//! `capture.path` (where the capture directory is, written before it is
+//! created) and, while the layer is built and pushed, `layer.blob`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,85 +24,78 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::CommitOptions;
-use crate::error::{Error, IoContext, Result};
+use crate::containerd::ContainerdClient;
+use crate::error::{Error, Result};
 use crate::image::{self, Descriptor, History};
 use crate::layer;
-use crate::push::{self, BlobSource, PushRequest, RegistrySettings};
-use crate::status::{LayerInfo, SnapshotState, SnapshotStatus, StatusStore, Worker};
+use crate::registry::{self, BlobSource, PushRequest, RegistrySettings};
+use crate::state::{self, StatusStore};
+use crate::status::{LayerInfo, SnapshotState, SnapshotStatus, Worker};
 
 const SPEC_FILE: &str = "job.json";
 const BLOB_FILE: &str = "layer.blob";
+/// Records where a job's capture directory is, written before the capture
+/// starts so that an interrupted capture can be cleaned up.
+const CAPTURE_PATH_FILE: &str = "capture.path";
 /// How often progress is written to the status file at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Everything a background job needs, persisted next to its status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobSpec {
+pub(crate) struct JobSpec {
     /// The snapshot id.
-    pub snapshot_id: String,
+    pub(crate) snapshot_id: String,
     /// The source container.
-    pub container_id: String,
+    pub(crate) container_id: String,
     /// Where the image goes.
-    pub target_ref: String,
+    pub(crate) target_ref: String,
     /// containerd's socket (to read base layers from its content store).
-    pub containerd_address: String,
+    pub(crate) containerd_address: String,
     /// The containerd namespace.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// The base image's containerd name.
-    pub base_image: String,
+    pub(crate) base_image: String,
     /// The base image's platform manifest descriptor.
-    pub base_manifest_descriptor: Descriptor,
+    pub(crate) base_manifest_descriptor: Descriptor,
     /// The base manifest, verbatim.
-    pub base_manifest: String,
+    pub(crate) base_manifest: String,
     /// The base config, verbatim.
-    pub base_config: String,
+    pub(crate) base_config: String,
     /// The frozen copy of the writable layer.
-    pub capture_dir: PathBuf,
+    pub(crate) capture_dir: PathBuf,
     /// The instant the copy represents.
-    pub captured_at: DateTime<Utc>,
+    pub(crate) captured_at: DateTime<Utc>,
     /// Commit options.
-    pub options: CommitOptions,
+    pub(crate) options: CommitOptions,
     /// Docker config for credentials.
-    pub docker_config: Option<PathBuf>,
+    pub(crate) docker_config: Option<PathBuf>,
     /// Retries of transient registry errors.
-    pub push_retries: u32,
+    pub(crate) push_retries: u32,
     /// Keep the capture directory and blob after a failure.
-    pub keep_failed: bool,
+    pub(crate) keep_failed: bool,
 }
 
 impl JobSpec {
     /// Persists the spec in the job's directory.
-    pub fn save(&self, store: &StatusStore) -> Result<()> {
-        let data = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::Internal(format!("serialize job: {e}")))?;
-        crate::status::write_atomic(&store.job_dir(&self.snapshot_id), SPEC_FILE, &data)
+    pub(crate) fn save(&self, store: &StatusStore) -> Result<()> {
+        store.write_json(&self.snapshot_id, SPEC_FILE, "job", self)
     }
 
     /// Loads a job's spec.
-    pub fn load(store: &StatusStore, id: &str) -> Result<JobSpec> {
-        crate::status::validate_id(id)?;
-        let path = store.job_dir(id).join(SPEC_FILE);
-        let data = match std::fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::SnapshotNotFound(id.to_string()));
-            }
-            Err(e) => return Err(Error::io("read", path, e)),
-        };
-        serde_json::from_slice(&data)
-            .map_err(|e| Error::InvalidArgument(format!("corrupt job {}: {e}", path.display())))
+    pub(crate) fn load(store: &StatusStore, id: &str) -> Result<JobSpec> {
+        store.read_json(id, SPEC_FILE, "job")
     }
 }
 
 /// Writes status changes, throttling progress-only updates.
-pub struct StatusWriter {
+pub(crate) struct StatusWriter {
     store: StatusStore,
     inner: Mutex<(SnapshotStatus, Instant)>,
 }
 
 impl StatusWriter {
     /// Starts from `status` (written at once).
-    pub fn new(store: StatusStore, status: SnapshotStatus) -> Result<Self> {
+    pub(crate) fn new(store: StatusStore, status: SnapshotStatus) -> Result<Self> {
         store.write(&status)?;
         Ok(StatusWriter {
             store,
@@ -105,7 +104,7 @@ impl StatusWriter {
     }
 
     /// Applies `f` and writes the status now.
-    pub fn update(&self, f: impl FnOnce(&mut SnapshotStatus)) -> Result<()> {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut SnapshotStatus)) -> Result<()> {
         let mut g = self.inner.lock().map_err(|_| poisoned())?;
         f(&mut g.0);
         g.1 = Instant::now();
@@ -114,7 +113,7 @@ impl StatusWriter {
 
     /// Records progress; written at most every 250 ms. Progress is advisory:
     /// a failed write is logged, not fatal.
-    pub fn progress(&self, done: u64, total: u64) {
+    pub(crate) fn progress(&self, done: u64, total: u64) {
         let Ok(mut g) = self.inner.lock() else {
             return;
         };
@@ -128,8 +127,19 @@ impl StatusWriter {
         }
     }
 
+    /// Records `e` as the job's failure (best effort) and returns it.
+    pub(crate) fn fail(&self, e: Error) -> Error {
+        if let Err(we) = self.update(|s| {
+            s.state = SnapshotState::Failed;
+            s.error = Some((&e).into());
+        }) {
+            tracing::warn!(error = %we, "recording failure failed");
+        }
+        e
+    }
+
     /// A copy of the current status.
-    pub fn snapshot(&self) -> Result<SnapshotStatus> {
+    pub(crate) fn snapshot(&self) -> Result<SnapshotStatus> {
         Ok(self.inner.lock().map_err(|_| poisoned())?.0.clone())
     }
 }
@@ -138,13 +148,21 @@ fn poisoned() -> Error {
     Error::Internal("status lock poisoned".into())
 }
 
+/// Runs a captured job with containerd's content store (of the spec's
+/// address and namespace) as the source of base layers. A failure to
+/// connect is recorded as the job's failure.
+pub(crate) async fn connect_and_run(spec: JobSpec, store: StatusStore) -> Result<SnapshotStatus> {
+    let client = ContainerdClient::connect(&spec.containerd_address, &spec.namespace)
+        .await
+        .inspect_err(|e| {
+            let _ = store.mark_failed(&spec.snapshot_id, e);
+        })?;
+    run(spec, store, &client).await
+}
+
 /// Runs a captured job to completion: build, assemble, push, clean up.
 /// The final state (completed or failed) is always written.
-pub async fn run(
-    spec: JobSpec,
-    store: StatusStore,
-    base: &dyn BlobSource,
-) -> Result<SnapshotStatus> {
+async fn run(spec: JobSpec, store: StatusStore, base: &dyn BlobSource) -> Result<SnapshotStatus> {
     let mut status = store.read(&spec.snapshot_id)?;
     status.worker = Worker::current();
     let writer = std::sync::Arc::new(StatusWriter::new(store.clone(), status)?);
@@ -169,11 +187,7 @@ pub async fn run(
 }
 
 fn cleanup(capture_dir: &Path, blob: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(capture_dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %capture_dir.display(), error = %e, "removing capture dir failed");
-    }
+    discard_capture(capture_dir);
     if let Err(e) = std::fs::remove_file(blob)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -278,7 +292,7 @@ async fn run_inner(
         target: spec.target_ref.clone(),
         // containerd image names need not be registry references (an
         // imported image, say); then no mount or pull from it is tried.
-        base_ref: push::parse_reference(&spec.base_image)
+        base_ref: registry::parse_reference(&spec.base_image)
             .ok()
             .map(|_| spec.base_image.clone()),
         image: new_image,
@@ -290,7 +304,7 @@ async fn run_inner(
         retries: spec.push_retries,
     };
     let w = writer.clone();
-    let digest = push::push_image(&request, &settings, base, &move |done, total| {
+    let digest = registry::push_image(&request, &settings, base, &move |done, total| {
         w.progress(done, total)
     })
     .await?;
@@ -326,7 +340,7 @@ fn dir_content_bytes(dir: &Path) -> u64 {
 
 /// Removes a capture directory whose capture failed (partial copies are
 /// useless); errors are logged.
-pub fn discard_capture(dir: &Path) {
+pub(crate) fn discard_capture(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -334,12 +348,36 @@ pub fn discard_capture(dir: &Path) {
     }
 }
 
-/// Creates `dir` if missing, mode 0700.
-pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .at("create directory", dir)
+/// Records where the job's capture directory goes, before it is created.
+pub(crate) fn record_capture_dir(store: &StatusStore, id: &str, dir: &Path) -> Result<()> {
+    let path = dir.as_os_str().as_encoded_bytes();
+    state::write_atomic(&store.job_dir(id), CAPTURE_PATH_FILE, path)
+}
+
+/// Marks jobs whose process died as failed and removes what they leave
+/// behind: always an interrupted capture (a partial copy is useless),
+/// and a built job's capture and blob unless `keep_failed`. Best effort.
+pub(crate) fn recover_orphans(store: &StatusStore, keep_failed: bool) {
+    let Ok(all) = store.list() else { return };
+    for s in all {
+        if state::dead_worker(&s).is_none() {
+            continue;
+        }
+        let dir = store.job_dir(&s.snapshot_id);
+        if s.state == SnapshotState::Capturing || !keep_failed {
+            if let Ok(p) = std::fs::read(dir.join(CAPTURE_PATH_FILE)) {
+                use std::os::unix::ffi::OsStrExt;
+                discard_capture(Path::new(std::ffi::OsStr::from_bytes(&p)));
+            }
+            let _ = std::fs::remove_file(dir.join(BLOB_FILE));
+        }
+        match state::effective_status(store, s) {
+            Ok(failed) if failed.state == SnapshotState::Failed => {
+                if let Err(e) = store.write(&failed) {
+                    tracing::warn!(error = %e, "recording orphaned job failed");
+                }
+            }
+            _ => {}
+        }
+    }
 }

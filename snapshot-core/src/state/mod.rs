@@ -1,0 +1,13 @@
+//! Job state on disk: the status store, and reading and waiting on it.
+//!
+//! Everything here works across processes: a status written by a worker
+//! process is read by the committer, `wait`, or a later process, through
+//! the files of `<state>/jobs/<id>/` only.
+
+mod store;
+mod wait;
+
+#[cfg(test)]
+pub(crate) use store::validate_id;
+pub(crate) use store::{StatusStore, ensure_private_dir, lock_file, write_atomic};
+pub(crate) use wait::{dead_worker, effective_status, wait_for};

@@ -1,0 +1,261 @@
+//! The status store: one directory per job under `<state>/jobs/<id>/`.
+//!
+//! Each job directory holds `status.json`. Writes go to a temporary file
+//! that is fsynced and renamed over the old one, so a reader in another
+//! process sees either the old or the new status, and a crash never leaves a
+//! torn file. Snapshot ids become directory names: only a safe alphabet is
+//! accepted. Directories are created mode 0700 (they hold copies of the
+//! container's files); locks are `flock`s, released when their holder dies.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, IoContext, Result};
+use crate::status::{SnapshotState, SnapshotStatus};
+
+/// Reads and writes job records under `<state>/jobs/`.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusStore {
+    jobs: PathBuf,
+}
+
+const STATUS_FILE: &str = "status.json";
+
+impl StatusStore {
+    /// A store rooted at `<state_dir>/jobs`. Nothing is created yet.
+    pub(crate) fn new(state_dir: &Path) -> Self {
+        StatusStore {
+            jobs: state_dir.join("jobs"),
+        }
+    }
+
+    /// The directory of one job.
+    pub(crate) fn job_dir(&self, id: &str) -> PathBuf {
+        self.jobs.join(id)
+    }
+
+    /// Creates the directory of a new job (mode 0700: it holds a copy of the
+    /// container's files).
+    pub(crate) fn create_job_dir(&self, id: &str) -> Result<PathBuf> {
+        validate_id(id)?;
+        fs::create_dir_all(&self.jobs).at("create directory", &self.jobs)?;
+        let dir = self.job_dir(id);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .at("create directory", &dir)?;
+        Ok(dir)
+    }
+
+    /// Atomically replaces the job's status (temp file, fsync, rename).
+    pub(crate) fn write(&self, status: &SnapshotStatus) -> Result<()> {
+        let mut status = status.clone();
+        status.updated_at = Utc::now();
+        self.write_json(&status.snapshot_id, STATUS_FILE, "status", &status)
+    }
+
+    /// Reads a job's status.
+    pub(crate) fn read(&self, id: &str) -> Result<SnapshotStatus> {
+        self.read_json(id, STATUS_FILE, "status")
+    }
+
+    /// Atomically replaces the JSON file `name` (holding a `what`) of a job.
+    pub(crate) fn write_json<T: Serialize>(
+        &self,
+        id: &str,
+        name: &str,
+        what: &str,
+        value: &T,
+    ) -> Result<()> {
+        validate_id(id)?;
+        let json = serde_json::to_vec_pretty(value)
+            .map_err(|e| Error::Internal(format!("serialize {what}: {e}")))?;
+        write_atomic(&self.job_dir(id), name, &json)
+    }
+
+    /// Reads the JSON file `name` (holding a `what`) of a job; a missing
+    /// file is [`Error::SnapshotNotFound`].
+    pub(crate) fn read_json<T: DeserializeOwned>(
+        &self,
+        id: &str,
+        name: &str,
+        what: &str,
+    ) -> Result<T> {
+        validate_id(id)?;
+        let path = self.job_dir(id).join(name);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::SnapshotNotFound(id.to_string()));
+            }
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::InvalidArgument(format!("corrupt {what} {}: {e}", path.display())))
+    }
+
+    /// Records a job as failed with `e`.
+    pub(crate) fn mark_failed(&self, id: &str, e: &Error) -> Result<()> {
+        let mut s = self.read(id)?;
+        s.state = SnapshotState::Failed;
+        s.error = Some(e.into());
+        self.write(&s)
+    }
+
+    /// All known snapshot ids, oldest first.
+    pub(crate) fn list(&self) -> Result<Vec<SnapshotStatus>> {
+        let entries = match fs::read_dir(&self.jobs) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read directory", &self.jobs, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.at("read directory", &self.jobs)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            match self.read(&name) {
+                Ok(s) => out.push(s),
+                // A job directory without status yet, or a foreign file: skip.
+                Err(Error::SnapshotNotFound(_)) | Err(Error::InvalidArgument(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|s| s.created_at);
+        Ok(out)
+    }
+}
+
+/// Writes `name` in `dir` atomically and durably.
+pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let dst = dir.join(name);
+    let mut f = fs::File::create(&tmp).at("create", &tmp)?;
+    f.write_all(data).at("write", &tmp)?;
+    f.sync_all().at("fsync", &tmp)?;
+    drop(f);
+    fs::rename(&tmp, &dst).at("rename", &dst)?;
+    // Make the rename itself durable.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Snapshot ids become directory names: accept only a safe alphabet.
+pub(crate) fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid snapshot id {id:?}"
+        )))
+    }
+}
+
+/// Creates `dir` if missing, mode 0700.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .at("create directory", dir)
+}
+
+/// Takes an exclusive, non-blocking `flock` on `<dir>/<name>.lock`; released
+/// when the returned value drops (or the process dies).
+pub(crate) fn lock_file(
+    dir: &Path,
+    name: &str,
+    busy: impl FnOnce() -> String,
+) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    ensure_private_dir(dir)?;
+    // Names come from container ids: keep them to a safe alphabet.
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{safe}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at("open", &path)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                Error::Busy(busy())
+            } else {
+                Error::errno("flock", &path, errno)
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::status::Progress;
+
+    #[test]
+    fn write_read_roundtrip_and_list() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StatusStore::new(tmp.path());
+        store.create_job_dir("a1").unwrap();
+        let mut s = SnapshotStatus::new("a1", "c", "localhost:5000/x:y");
+        s.state = SnapshotState::Building;
+        s.progress = Progress { done: 5, total: 10 };
+        s.timings.pause = Some(Duration::from_micros(80));
+        store.write(&s).unwrap();
+        let back = store.read("a1").unwrap();
+        assert_eq!(back.state, SnapshotState::Building);
+        assert_eq!(back.progress.done, 5);
+        assert_eq!(back.timings.pause, Some(Duration::from_micros(80)));
+        // No temp file left behind.
+        let names: Vec<_> = fs::read_dir(store.job_dir("a1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("status.json")]);
+        store.create_job_dir("b2").unwrap();
+        assert_eq!(store.list().unwrap().len(), 1, "b2 has no status yet");
+    }
+
+    #[test]
+    fn unknown_and_invalid_ids() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StatusStore::new(tmp.path());
+        assert_eq!(
+            store.read("nope").unwrap_err().kind(),
+            ErrorKind::SnapshotNotFound
+        );
+        assert_eq!(
+            store.read("../etc").unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert!(store.list().unwrap().is_empty());
+    }
+}
