@@ -11,7 +11,10 @@ use crate::types::{CaptureStrategy, FreezerKind};
 
 /// What `commit` and `commit_with_wait` return. Owned and serializable, so it
 /// crosses the C and Python boundaries as JSON unchanged.
+///
+/// `#[non_exhaustive]`: fields may be added; read it, do not build it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SnapshotResult {
     /// The snapshot's id, for `get_status`.
     pub snapshot_id: String,

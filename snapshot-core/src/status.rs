@@ -160,7 +160,7 @@ pub struct LayerInfo {
 
 /// Which process runs a job, to tell a live job from an orphaned one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Worker {
+pub(crate) struct Worker {
     /// Its pid.
     pub pid: u32,
     /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22),
@@ -170,18 +170,18 @@ pub struct Worker {
 
 impl Worker {
     /// This process.
-    pub fn current() -> Option<Worker> {
+    pub(crate) fn current() -> Option<Worker> {
         let pid = std::process::id();
         process_start_ticks(pid).map(|start_ticks| Worker { pid, start_ticks })
     }
 
     /// Another process, identified by pid and start time.
-    pub fn of_pid(pid: u32) -> Option<Worker> {
+    pub(crate) fn of_pid(pid: u32) -> Option<Worker> {
         process_start_ticks(pid).map(|start_ticks| Worker { pid, start_ticks })
     }
 
     /// Whether the worker process still runs.
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         process_start_ticks(self.pid) == Some(self.start_ticks)
     }
 }
@@ -220,7 +220,11 @@ pub struct SnapshotStatus {
     /// When this status was last written.
     pub updated_at: DateTime<Utc>,
     /// The process running the background job, if any.
-    pub worker: Option<Worker>,
+    ///
+    /// Kept in the status file so that any process can tell a live job from
+    /// an orphaned one; not part of the API.
+    #[serde(default)]
+    pub(crate) worker: Option<Worker>,
 }
 
 impl SnapshotStatus {
@@ -241,7 +245,7 @@ impl SnapshotStatus {
     }
 
     /// A fresh, pending status.
-    pub fn new(snapshot_id: &str, container_id: &str, target_ref: &str) -> Self {
+    pub(crate) fn new(snapshot_id: &str, container_id: &str, target_ref: &str) -> Self {
         let now = Utc::now();
         SnapshotStatus {
             snapshot_id: snapshot_id.to_string(),
