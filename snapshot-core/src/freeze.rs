@@ -23,6 +23,8 @@ use nix::sys::time::TimeSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::procfs::cgroup::{parse_proc_cgroup, v1_freezer_path, v2_path};
+use crate::procfs::mountinfo::{self, Mount};
 use crate::types::FreezerKind;
 
 const V2_FREEZE: &str = "cgroup.freeze";
@@ -392,105 +394,6 @@ impl Freezer for CgroupV1Freezer {
 // ---------------------------------------------------------------------------
 // Finding the cgroup of a process.
 
-/// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controllers:path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ProcCgroupLine<'a> {
-    hierarchy: u32,
-    controllers: &'a str,
-    path: &'a str,
-}
-
-fn parse_proc_cgroup(text: &str) -> Vec<ProcCgroupLine<'_>> {
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let hierarchy = parts.next()?.trim().parse().ok()?;
-            let controllers = parts.next()?;
-            let path = parts.next()?;
-            Some(ProcCgroupLine {
-                hierarchy,
-                controllers,
-                path,
-            })
-        })
-        .collect()
-}
-
-/// The cgroup v2 path of a process (`0::/path`).
-fn v2_path<'a>(lines: &[ProcCgroupLine<'a>]) -> Option<&'a str> {
-    lines
-        .iter()
-        .find(|l| l.hierarchy == 0 && l.controllers.is_empty())
-        .map(|l| l.path)
-}
-
-/// The v1 freezer-controller path of a process (`N:...freezer...:/path`).
-fn v1_freezer_path<'a>(lines: &[ProcCgroupLine<'a>]) -> Option<&'a str> {
-    lines
-        .iter()
-        .find(|l| l.controllers.split(',').any(|c| c == "freezer"))
-        .map(|l| l.path)
-}
-
-/// A cgroup filesystem mount from `/proc/self/mountinfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CgroupMount {
-    /// `cgroup2` (true) or `cgroup` (false).
-    v2: bool,
-    /// The cgroup path the mount shows at its mount point.
-    root: String,
-    mount_point: PathBuf,
-    /// The super-block options (the v1 controllers are listed here).
-    super_options: String,
-}
-
-/// Decodes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                let value = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                out.push(u8::try_from(value).unwrap_or(b'?'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn parse_cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
-            // id parent maj:min root mount-point options [optional...] - fstype source super
-            let sep = fields.iter().skip(6).position(|f| *f == "-")? + 6;
-            let fstype = *fields.get(sep + 1)?;
-            let v2 = match fstype {
-                "cgroup2" => true,
-                "cgroup" => false,
-                _ => return None,
-            };
-            Some(CgroupMount {
-                v2,
-                root: unescape_mountinfo(fields.get(3)?),
-                mount_point: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
-                super_options: fields.get(sep + 3).copied().unwrap_or_default().to_owned(),
-            })
-        })
-        .collect()
-}
-
 /// Whether `path` is `/`, i.e. a hierarchy's root cgroup.
 fn is_root_cgroup(path: &str) -> bool {
     Path::new(path)
@@ -504,14 +407,14 @@ fn cgroup_contains(outer: &str, inner: &str) -> bool {
 }
 
 /// The directory of cgroup `path` under one of `mounts`, if one shows it.
-fn resolve_under(mounts: &[&CgroupMount], path: &str) -> Option<PathBuf> {
+fn resolve_under(mounts: &[&Mount], path: &str) -> Option<PathBuf> {
     let cgroup = Path::new(path);
     // A path with `..` is outside our cgroup namespace: not reachable.
     if cgroup.components().any(|c| c == Component::ParentDir) || !cgroup.is_absolute() {
         return None;
     }
     mounts.iter().find_map(|m| {
-        let rel = cgroup.strip_prefix(Path::new(&m.root)).ok()?;
+        let rel = cgroup.strip_prefix(&m.root).ok()?;
         Some(m.mount_point.join(rel))
     })
 }
@@ -537,10 +440,10 @@ pub struct FreezerDirs {
 /// a v2 cgroup and a v1 freezer cgroup with different paths, the v2 cgroup is
 /// dropped: runtimes always place containers in the v1 freezer, while the v2
 /// path may then be a shared service cgroup such as containerd's.
-pub fn freezer_dirs(target: &str, own: &str, mountinfo: &str) -> FreezerDirs {
+pub fn freezer_dirs(target: &str, own: &str, mountinfo: &[u8]) -> FreezerDirs {
     let lines = parse_proc_cgroup(target);
     let own_lines = parse_proc_cgroup(own);
-    let mounts = parse_cgroup_mounts(mountinfo);
+    let mounts = mountinfo::cgroup_mounts(mountinfo);
     let mut dirs = FreezerDirs::default();
 
     let mut pick = |label: &str, path: Option<&str>, own: Option<&str>, v2: bool| {
@@ -555,9 +458,9 @@ pub fn freezer_dirs(target: &str, own: &str, mountinfo: &str) -> FreezerDirs {
                 .push(format!("{label} cgroup {path:?} contains this process"));
             return None;
         }
-        let candidates: Vec<&CgroupMount> = mounts
+        let candidates: Vec<&Mount> = mounts
             .iter()
-            .filter(|m| m.v2 == v2 && (v2 || m.super_options.split(',').any(|o| o == "freezer")))
+            .filter(|m| m.cgroup_version_2() == Some(v2) && (v2 || m.has_super_option("freezer")))
             .collect();
         let dir = resolve_under(&candidates, path);
         if dir.is_none() {
@@ -597,7 +500,7 @@ pub fn freezer_for_pid(pid: u32) -> Result<Box<dyn Freezer>> {
     let read = |path: &str| std::fs::read_to_string(path).at("read", path);
     let target = read(&format!("/proc/{pid}/cgroup"))?;
     let own = read("/proc/self/cgroup")?;
-    let mountinfo = read("/proc/self/mountinfo")?;
+    let mountinfo = std::fs::read("/proc/self/mountinfo").at("read", "/proc/self/mountinfo")?;
     let mut dirs = freezer_dirs(&target, &own, &mountinfo);
     if let Some(dir) = dirs.v2.take() {
         if dir.join(V2_FREEZE).exists() {
@@ -1425,45 +1328,16 @@ mod tests {
 1:name=systemd:/system.slice/containerd.service
 0::/k8s/abc
 ";
-    const HYBRID_MOUNTINFO: &str = "\
+    const HYBRID_MOUNTINFO: &[u8] = b"\
 25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
 31 25 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
 37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime shared:14 - cgroup cgroup rw,freezer
 41 31 0:38 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate
 ";
-    const V2_MOUNTINFO: &str = "\
+    const V2_MOUNTINFO: &[u8] = b"\
 29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 ";
-
-    #[test]
-    fn parses_proc_cgroup() {
-        let lines = parse_proc_cgroup(HYBRID_CGROUP);
-        assert_eq!(lines.len(), 4);
-        assert_eq!(v1_freezer_path(&lines), Some("/k8s/abc"));
-        assert_eq!(v2_path(&lines), Some("/k8s/abc"));
-        let lines = parse_proc_cgroup("0::/system.slice/a:b.scope\n");
-        assert_eq!(v2_path(&lines), Some("/system.slice/a:b.scope"));
-        assert_eq!(v1_freezer_path(&lines), None);
-        // A freezer co-mounted with other controllers.
-        let lines = parse_proc_cgroup("3:cpuset,freezer:/x\n");
-        assert_eq!(v1_freezer_path(&lines), Some("/x"));
-    }
-
-    #[test]
-    fn parses_mountinfo() {
-        let mounts = parse_cgroup_mounts(HYBRID_MOUNTINFO);
-        assert_eq!(mounts.len(), 3);
-        assert!(!mounts[1].v2);
-        assert_eq!(mounts[1].mount_point, Path::new("/sys/fs/cgroup/freezer"));
-        assert_eq!(mounts[1].super_options, "rw,freezer");
-        assert!(mounts[2].v2);
-        assert_eq!(mounts[2].mount_point, Path::new("/sys/fs/cgroup/unified"));
-        let m = parse_cgroup_mounts("1 2 0:1 /sub /mnt/my\\040cg rw - cgroup2 none rw\n");
-        assert_eq!(m[0].mount_point, Path::new("/mnt/my cg"));
-        assert_eq!(m[0].root, "/sub");
-        assert!(parse_cgroup_mounts("garbage\n\n1 2 3\n").is_empty());
-    }
 
     #[test]
     fn resolves_hybrid_and_pure_v2() {
@@ -1506,7 +1380,7 @@ mod tests {
         );
 
         // Mount root other than "/", and paths outside the namespace.
-        let mi = "1 2 0:1 /sub /mnt/cg rw - cgroup2 none rw\n";
+        let mi = b"1 2 0:1 /sub /mnt/cg rw - cgroup2 none rw\n";
         let d = freezer_dirs("0::/sub/x\n", "", mi);
         assert_eq!(d.v2.as_deref(), Some(Path::new("/mnt/cg/x")));
         assert_eq!(freezer_dirs("0::/other/x\n", "", mi).v2, None);
@@ -1698,11 +1572,7 @@ mod tests {
 
     /// utime + stime of a process, in clock ticks.
     fn cpu_ticks(pid: u32) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = after_comm.split(' ').collect();
-        // Fields 14 and 15 of stat; after_comm starts at field 3.
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+        crate::procfs::stat::process_cpu_ticks(pid).unwrap()
     }
 
     /// A CPU-bound task really stops running while frozen.

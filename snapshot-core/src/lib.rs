@@ -32,7 +32,7 @@ mod freeze;
 mod image;
 mod jobs;
 mod layer;
-mod mappings;
+mod procfs;
 mod push;
 mod result;
 mod snapshotter;

@@ -27,6 +27,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use tokio_util::io::ReaderStream;
 
+use crate::containerd::ContainerdClient;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, NewImage, sha256_digest};
 
@@ -45,7 +46,7 @@ pub struct RegistrySettings {
 }
 
 /// Where base layer blobs can be read from when the target registry lacks
-/// them (implemented elsewhere by containerd's content store).
+/// them (containerd's content store).
 pub trait BlobSource: Send + Sync {
     /// A stream of the blob's bytes, or `None` when this source does not
     /// have it.
@@ -53,6 +54,17 @@ pub trait BlobSource: Send + Sync {
         &'a self,
         digest: &'a str,
     ) -> BoxFuture<'a, Result<Option<BoxStream<'static, Result<Bytes>>>>>;
+}
+
+// Here rather than in containerd.rs: the registry side depends on the
+// containerd client, never the other way round.
+impl BlobSource for ContainerdClient {
+    fn open<'a>(
+        &'a self,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BoxStream<'static, Result<Bytes>>>>> {
+        Box::pin(self.content_stream(digest))
+    }
 }
 
 /// A [`BlobSource`] that has nothing.

@@ -14,7 +14,7 @@ use crate::containerd::{self, ContainerdClient};
 use crate::error::{Error, IoContext, Result};
 use crate::freeze;
 use crate::jobs::{self, JobSpec, StatusWriter};
-use crate::mappings;
+use crate::procfs::maps as mappings;
 use crate::push;
 use crate::result::SnapshotResult;
 use crate::status::{ErrorInfo, SnapshotState, SnapshotStatus, StatusStore, Worker};
