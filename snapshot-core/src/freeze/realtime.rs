@@ -76,6 +76,7 @@ mod tests {
     #[test]
     #[ignore = "needs root"]
     fn realtime_guard_runs_fifo_then_restores() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
         let before = policy();
         assert_eq!(
             before,
