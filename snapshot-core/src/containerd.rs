@@ -1,6 +1,7 @@
 //! Resolving a container through containerd's gRPC API: its task, its
 //! overlayfs mount and its base image.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -10,11 +11,11 @@ use containerd_client::services::v1::{
     ReadContentRequest,
 };
 use containerd_client::tonic::{self, Code, Request, metadata::MetadataValue};
-use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::image::{self, Descriptor};
+use crate::procfs::mountinfo;
 
 /// What containerd knows of a running container.
 #[derive(Debug, Clone)]
@@ -314,15 +315,6 @@ impl ContainerdClient {
     }
 }
 
-impl crate::registry::BlobSource for ContainerdClient {
-    fn open<'a>(
-        &'a self,
-        digest: &'a str,
-    ) -> BoxFuture<'a, Result<Option<BoxStream<'static, Result<Bytes>>>>> {
-        Box::pin(self.content_stream(digest))
-    }
-}
-
 fn validate_namespace(ns: &str) -> Result<MetadataValue<tonic::metadata::Ascii>> {
     // containerd's own rule: a label-like identifier.
     let valid = !ns.is_empty()
@@ -387,17 +379,16 @@ pub fn parse_overlay_options(options: &[String]) -> Result<OverlayMount> {
 /// processes really write to.
 pub fn check_mountinfo(pid: u32, upper: &Path) -> Result<()> {
     let path = PathBuf::from(format!("/proc/{pid}/mountinfo"));
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+    let text = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
     check_mountinfo_text(&text, upper)
 }
 
 /// [`check_mountinfo`] on the text of a mountinfo file.
-pub fn check_mountinfo_text(text: &str, upper: &Path) -> Result<()> {
+pub fn check_mountinfo_text(text: &[u8], upper: &Path) -> Result<()> {
     // The last mount on "/" is the visible root.
-    let root = text
-        .lines()
-        .filter_map(parse_mountinfo_line)
-        .rfind(|m| m.mount_point == "/")
+    let root = mountinfo::parse(text)
+        .filter(|m| m.mount_point == Path::new("/"))
+        .last()
         .ok_or_else(|| Error::Unsupported("container has no root mount in mountinfo".into()))?;
     if root.fs_type != "overlay" {
         return Err(Error::Unsupported(format!(
@@ -407,75 +398,22 @@ pub fn check_mountinfo_text(text: &str, upper: &Path) -> Result<()> {
     }
     // The kernel may enable these by default (module parameters) even when
     // containerd did not ask: refuse before anything is frozen or copied.
-    for opt in root.super_options.split(',') {
-        if opt == "redirect_dir=on" || opt == "metacopy=on" {
+    for opt in ["redirect_dir=on", "metacopy=on"] {
+        if root.has_super_option(opt) {
             return Err(Error::Unsupported(format!(
                 "container root overlay uses {opt}, which a layer cannot express"
             )));
         }
     }
-    let want = upper.to_string_lossy();
-    let found = root
-        .super_options
-        .split(',')
-        .filter_map(|o| o.strip_prefix("upperdir="))
-        .any(|u| u == want);
-    if !found {
+    let want = upper.as_os_str().as_bytes();
+    if !root.super_option_values("upperdir").any(|u| u == want) {
         return Err(Error::Unsupported(format!(
-            "container root overlay does not use upperdir {want} (super options: {})",
-            root.super_options
+            "container root overlay does not use upperdir {} (super options: {})",
+            upper.display(),
+            root.super_options_text()
         )));
     }
     Ok(())
-}
-
-struct MountinfoLine {
-    mount_point: String,
-    fs_type: String,
-    super_options: String,
-}
-
-fn parse_mountinfo_line(line: &str) -> Option<MountinfoLine> {
-    let (pre, post) = line.split_once(" - ")?;
-    let mount_point = unescape_mountinfo(pre.split(' ').nth(4)?);
-    let mut post = post.split(' ');
-    let fs_type = post.next()?.to_string();
-    let _source = post.next()?;
-    let super_options = unescape_mountinfo(post.next().unwrap_or(""));
-    Some(MountinfoLine {
-        mount_point,
-        fs_type,
-        super_options,
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = u32::from(b[i + 1] - b'0') * 64
-                + u32::from(b[i + 2] - b'0') * 8
-                + u32::from(b[i + 3] - b'0');
-            // \4xx..\7xx are not byte values: keep them literally.
-            match u8::try_from(v) {
-                Ok(v) => out.push(v),
-                Err(_) => {
-                    out.extend_from_slice(&b[i..i + 4]);
-                }
-            }
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -516,23 +454,16 @@ mod tests {
 2000 1900 0:99 / / rw,relatime - overlay overlay rw,lowerdir=/l1:/l2,upperdir=/var/lib/c/3/fs,workdir=/var/lib/c/3/work,index=off
 2001 2000 0:5 / /proc rw - proc proc rw
 ";
+        let text = text.as_bytes();
         check_mountinfo_text(text, Path::new("/var/lib/c/3/fs")).unwrap();
         let e = check_mountinfo_text(text, Path::new("/other/fs")).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
-        let meta = text.replace("index=off", "index=off,metacopy=on");
-        let e = check_mountinfo_text(&meta, Path::new("/var/lib/c/3/fs")).unwrap_err();
+        let meta = String::from_utf8_lossy(text).replace("index=off", "index=off,metacopy=on");
+        let e = check_mountinfo_text(meta.as_bytes(), Path::new("/var/lib/c/3/fs")).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
-        let e = check_mountinfo_text("1 0 0:1 / / rw - ext4 /dev/vda rw\n", Path::new("/u"))
+        let e = check_mountinfo_text(b"1 0 0:1 / / rw - ext4 /dev/vda rw\n", Path::new("/u"))
             .unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mountinfo(r"/a\134"), "/a\\");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/x\777"), r"/x\777");
     }
 
     #[test]

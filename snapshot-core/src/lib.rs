@@ -32,7 +32,7 @@ mod freeze;
 mod image;
 mod job;
 mod layer;
-mod mappings;
+mod procfs;
 mod registry;
 mod result;
 mod snapshotter;

@@ -24,7 +24,7 @@ use crate::containerd::{self, ContainerdClient};
 use crate::error::{Error, IoContext, Result};
 use crate::freeze;
 use crate::job::{self, JobSpec, StatusWriter};
-use crate::mappings;
+use crate::procfs::maps as mappings;
 use crate::registry;
 use crate::result::SnapshotResult;
 use crate::state::{self, StatusStore, ensure_private_dir, lock_file};

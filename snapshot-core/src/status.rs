@@ -4,13 +4,13 @@
 //! Plain data with a stable JSON form: durations are float seconds, states
 //! and error kinds snake_case. Where it is stored lives in `crate::state`.
 
-use std::fs;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind};
+use crate::procfs::stat::process_start_ticks;
 
 /// Serde helpers writing durations as seconds (a float).
 pub(crate) mod secs {
@@ -184,14 +184,6 @@ impl Worker {
     pub(crate) fn is_alive(&self) -> bool {
         process_start_ticks(self.pid) == Some(self.start_ticks)
     }
-}
-
-fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After ')' come field 3 (state) onwards; start time is field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The status of a snapshot, as returned by `get_status`.

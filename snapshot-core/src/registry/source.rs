@@ -10,10 +10,11 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
+use crate::containerd::ContainerdClient;
 use crate::error::Result;
 
 /// Where base layer blobs can be read from when the target registry lacks
-/// them (implemented elsewhere by containerd's content store).
+/// them (containerd's content store).
 pub(crate) trait BlobSource: Send + Sync {
     /// A stream of the blob's bytes, or `None` when this source does not
     /// have it.
@@ -21,6 +22,17 @@ pub(crate) trait BlobSource: Send + Sync {
         &'a self,
         digest: &'a str,
     ) -> BoxFuture<'a, Result<Option<BoxStream<'static, Result<Bytes>>>>>;
+}
+
+// Here rather than in containerd.rs: the registry side depends on the
+// containerd client, never the other way round.
+impl BlobSource for ContainerdClient {
+    fn open<'a>(
+        &'a self,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BoxStream<'static, Result<Bytes>>>>> {
+        Box::pin(self.content_stream(digest))
+    }
 }
 
 /// Where each layer blob of the image comes from.

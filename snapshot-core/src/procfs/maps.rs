@@ -1,18 +1,25 @@
-//! Files the container's processes map shared-writable.
+//! `/proc/<pid>/maps`: the files the container's processes map
+//! shared-writable.
 //!
 //! A write through a `MAP_SHARED` mapping to a page that is already dirty
 //! changes neither the file's mtime nor its ctime, so the frozen sync's stat
 //! comparison cannot see it. Inside the frozen window the mappings are
 //! stable, so the committer lists them and has those files re-copied.
+//!
+//! A line is `start-end perms offset dev inode [padding] path`; the kernel
+//! escapes only a newline in the path (as `\012`): a backslash is shown as
+//! itself, so no other sequence is decoded.
 
 use std::collections::HashSet;
 use std::path::Path;
+
+use super::unescape_octal;
 
 /// Paths, relative to the container's root (so to its upper dir), of the
 /// regular files mapped shared-writable by any of `pids` on the filesystem
 /// whose device is `root_dev` (the container's root overlay). Processes that
 /// vanished or whose maps cannot be read are skipped.
-pub fn shared_writable_files(pids: &HashSet<u32>, root_dev: u64) -> Vec<Vec<u8>> {
+pub(crate) fn shared_writable_files(pids: &HashSet<u32>, root_dev: u64) -> Vec<Vec<u8>> {
     let mut out: HashSet<Vec<u8>> = HashSet::new();
     for pid in pids {
         let path = format!("/proc/{pid}/maps");
@@ -24,7 +31,7 @@ pub fn shared_writable_files(pids: &HashSet<u32>, root_dev: u64) -> Vec<Vec<u8>>
 }
 
 /// The shared-writable file paths of one `/proc/<pid>/maps`.
-pub fn parse_maps(text: &[u8], root_dev: u64) -> Vec<Vec<u8>> {
+fn parse_maps(text: &[u8], root_dev: u64) -> Vec<Vec<u8>> {
     text.split(|&b| b == b'\n')
         .filter_map(|line| parse_line(line, root_dev))
         .collect()
@@ -52,7 +59,7 @@ fn parse_line(line: &[u8], root_dev: u64) -> Option<Vec<u8>> {
     if path.ends_with(b" (deleted)") {
         return None;
     }
-    let rel = unescape(path.strip_prefix(b"/")?);
+    let rel = unescape_octal(path.strip_prefix(b"/")?, |b| b == b'\n');
     (!rel.is_empty()).then_some(rel)
 }
 
@@ -68,22 +75,6 @@ fn parse_dev(s: &[u8]) -> Option<u64> {
     let maj = u32::from_str_radix(maj, 16).ok()?;
     let min = u32::from_str_radix(min, 16).ok()?;
     Some(libc::makedev(maj, min))
-}
-
-/// The kernel escapes a newline in a mapped path as `\012`.
-fn unescape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i..].starts_with(b"\\012") {
-            out.push(b'\n');
-            i += 4;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -108,6 +99,13 @@ mod tests {
             got,
             vec![b"data/db file".to_vec(), b"data/new\nline".to_vec()]
         );
+    }
+
+    #[test]
+    fn only_a_newline_is_an_escape() {
+        let dev = libc::makedev(0, 0x46);
+        let text = b"7fb91dbce000-7fb91dbcf000 rw-s 00000000 00:46 1 /a\\134b\\040c\\012d\n";
+        assert_eq!(parse_maps(text, dev), vec![b"a\\134b\\040c\nd".to_vec()]);
     }
 
     #[test]
