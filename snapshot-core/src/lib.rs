@@ -37,6 +37,7 @@ mod push;
 mod result;
 mod snapshotter;
 mod status;
+mod sys;
 mod types;
 
 use std::time::Duration;
