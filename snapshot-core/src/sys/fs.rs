@@ -46,7 +46,7 @@ pub(crate) fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
 
 /// The inode key `(st_dev, st_ino)` of a stat record.
 #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-pub(crate) fn inode_key(st: &FileStat) -> (u64, u64) {
+fn inode_key(st: &FileStat) -> (u64, u64) {
     (st.st_dev as u64, st.st_ino as u64)
 }
 
