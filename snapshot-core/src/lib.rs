@@ -38,6 +38,7 @@ mod result;
 mod snapshotter;
 mod state;
 mod status;
+mod sys;
 mod types;
 
 use std::time::Duration;

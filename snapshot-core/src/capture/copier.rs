@@ -1,0 +1,331 @@
+//! Creating one non-directory entry in the capture directory from its
+//! source: file data by clone (`FICLONE`) where the capture filesystem can,
+//! else by `copy_file_range` of the data extents only (holes stay holes),
+//! else by `read`/`write`; symlinks, devices and fifos are recreated.
+//!
+//! Invariants: a regular file is opened `O_PATH`, checked to be the inode
+//! the walk saw, and only then reopened for reading (`crate::sys::fs`); a
+//! copy method that fails for want of support is switched off for the rest
+//! of the capture, once.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, OFlag};
+use nix::sys::stat::{Mode, SFlag, fstat, mknodat};
+use nix::unistd::{Whence, ftruncate, lseek, symlinkat};
+
+use super::dest::{Dst, apply_meta};
+use super::fail::{FResult, Fail, SrcExt, changed};
+use super::meta::Meta;
+use super::paths::Ctx;
+use crate::error::{Error, IoContext};
+use crate::sys::fs::{open_path, reopen_read};
+use crate::sys::xattr::XRef;
+use crate::types::CaptureStrategy;
+
+/// Chunk size of one `copy_file_range` call (progress granularity).
+const CHUNK: usize = 64 << 20;
+
+/// Reports progress at most every 100 ms.
+pub(super) struct Prog<'a> {
+    cb: &'a mut dyn FnMut(u64),
+    total: u64,
+    last: Instant,
+}
+
+impl<'a> Prog<'a> {
+    pub(super) fn new(cb: &'a mut dyn FnMut(u64)) -> Self {
+        Prog {
+            cb,
+            total: 0,
+            last: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.total += n;
+        if self.last.elapsed() >= Duration::from_millis(100) {
+            (self.cb)(self.total);
+            self.last = Instant::now();
+        }
+    }
+
+    /// Reports the total so far, whenever the last report was.
+    pub(super) fn report(&mut self) {
+        (self.cb)(self.total);
+    }
+}
+
+/// Creates capture entries; remembers which copy methods work.
+pub(super) struct Copier {
+    reflink: bool,
+    cfr: bool,
+    reflinked: u64,
+    copied: u64,
+    buf: Vec<u8>,
+}
+
+impl Copier {
+    /// A copier into the capture directory `dest`, cloning if its
+    /// filesystem can clone at all.
+    pub(super) fn new(dest: &Path) -> Copier {
+        Copier {
+            reflink: probe_reflink(dest),
+            cfr: true,
+            reflinked: 0,
+            copied: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// How file data was (or, before any copy, will first be tried to be) copied.
+    pub(super) fn strategy(&self) -> CaptureStrategy {
+        match (self.reflinked > 0, self.copied > 0) {
+            (true, true) => CaptureStrategy::Mixed,
+            (true, false) => CaptureStrategy::Reflink,
+            (false, true) => CaptureStrategy::CopyFileRange,
+            (false, false) if self.reflink => CaptureStrategy::Reflink,
+            (false, false) => CaptureStrategy::CopyFileRange,
+        }
+    }
+
+    /// Creates the non-directory `rel` in the capture dir from entry `name`
+    /// of the source directory `parent`, with all its metadata. Returns the
+    /// data bytes copied.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create(
+        &mut self,
+        ctx: &Ctx,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &[u8],
+        meta: &Meta,
+        atime: (i64, i64),
+        prog: &mut Prog<'_>,
+    ) -> FResult<u64> {
+        let dpath = ctx.dp(rel);
+        let fmt = meta.fmt();
+        match fmt {
+            libc::S_IFREG => return self.copy_regular(ctx, parent, name, rel, meta, atime, prog),
+            libc::S_IFLNK => {
+                let target =
+                    nix::fcntl::readlinkat(parent, name).src("readlink", || ctx.up(rel))?;
+                symlinkat(target.as_os_str(), AT_FDCWD, &dpath).at("symlink", &dpath)?;
+            }
+            libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => {
+                mknodat(
+                    AT_FDCWD,
+                    &dpath,
+                    SFlag::from_bits_truncate(fmt),
+                    Mode::from_bits_truncate(meta.mode & 0o777),
+                    meta.rdev as libc::dev_t,
+                )
+                .at("mknod", &dpath)?;
+            }
+            _ => {
+                return Err(Fail::Fatal(Error::Internal(format!(
+                    "unexpected file type {fmt:o} at {}",
+                    ctx.up(rel).display()
+                ))));
+            }
+        }
+        let src = XRef::at(parent, name).src("listxattr", || ctx.up(rel))?;
+        apply_meta(ctx, rel, &src, &Dst::Path(&dpath), meta, atime, true)?;
+        Ok(0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_regular(
+        &mut self,
+        ctx: &Ctx,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &[u8],
+        meta: &Meta,
+        atime: (i64, i64),
+        prog: &mut Prog<'_>,
+    ) -> FResult<u64> {
+        let up = || ctx.up(rel);
+        let p = open_path(parent, name).src("open", up)?;
+        let st = fstat(&p).src("stat", up)?;
+        let (now, _) = Meta::from_stat(&st);
+        if now.fmt() != libc::S_IFREG || now.key() != meta.key() {
+            return Err(changed("open", up()));
+        }
+        let f = reopen_read(&p).src("open", up)?;
+        drop(p);
+        let f = File::from(f);
+        let dpath = ctx.dp(rel);
+        let d = nix::fcntl::open(
+            &dpath,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .at("create", &dpath)?;
+        let d = File::from(d);
+        let n = self.copy_data(ctx, rel, &f, &d, meta.size, prog)?;
+        apply_meta(
+            ctx,
+            rel,
+            &XRef::Fd(f.as_fd()),
+            &Dst::Fd(d.as_fd()),
+            meta,
+            atime,
+            true,
+        )?;
+        Ok(n)
+    }
+
+    /// Copies `size` bytes of data: a clone if possible, else the data
+    /// extents only, so holes stay holes.
+    fn copy_data(
+        &mut self,
+        ctx: &Ctx,
+        rel: &[u8],
+        f: &File,
+        d: &File,
+        size: i64,
+        prog: &mut Prog<'_>,
+    ) -> FResult<u64> {
+        if size <= 0 {
+            return Ok(0);
+        }
+        if self.reflink {
+            match ficlone(d, f) {
+                Ok(()) => {
+                    self.reflinked += 1;
+                    prog.add(size as u64);
+                    return Ok(size as u64);
+                }
+                Err(e) => {
+                    if matches!(
+                        e,
+                        Errno::EOPNOTSUPP
+                            | Errno::ENOTTY
+                            | Errno::EXDEV
+                            | Errno::EINVAL
+                            | Errno::ENOSYS
+                    ) {
+                        self.reflink = false;
+                    }
+                    ftruncate(d, 0).at("truncate", ctx.dp(rel))?;
+                }
+            }
+        }
+        self.copied += 1;
+        let mut copied = 0u64;
+        let mut off = 0i64;
+        while off < size {
+            let data = match lseek(f, off, Whence::SeekData) {
+                Ok(x) => x,
+                Err(Errno::ENXIO) => break,
+                // No SEEK_DATA support: all data.
+                Err(Errno::EINVAL | Errno::EOPNOTSUPP) => off,
+                Err(e) => return Err(Error::errno("lseek", ctx.up(rel), e).into()),
+            };
+            if data >= size {
+                break;
+            }
+            let hole = match lseek(f, data, Whence::SeekHole) {
+                Ok(x) => x.min(size),
+                Err(Errno::EINVAL | Errno::EOPNOTSUPP) => size,
+                Err(e) => return Err::<(), _>(e).src("lseek", || ctx.up(rel)).map(|_| 0),
+            };
+            copied += self.copy_range(ctx, rel, f, d, data, hole - data, prog)?;
+            off = hole;
+        }
+        ftruncate(d, size).at("truncate", ctx.dp(rel))?;
+        Ok(copied)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_range(
+        &mut self,
+        ctx: &Ctx,
+        rel: &[u8],
+        f: &File,
+        d: &File,
+        mut off: i64,
+        len: i64,
+        prog: &mut Prog<'_>,
+    ) -> FResult<u64> {
+        let mut left = len as u64;
+        while left > 0 {
+            let chunk = left.min(CHUNK as u64) as usize;
+            if self.cfr {
+                let (mut i, mut o) = (off, off);
+                // Raw libc: nix's wrapper needs its `zerocopy` feature.
+                // SAFETY: offsets point to live locals; fds are open.
+                let r = unsafe {
+                    libc::copy_file_range(f.as_raw_fd(), &mut i, d.as_raw_fd(), &mut o, chunk, 0)
+                };
+                match Errno::result(r).map(|n| n as usize) {
+                    Ok(0) => return Err(changed("copy", ctx.up(rel))),
+                    Ok(n) => {
+                        off += n as i64;
+                        left -= n as u64;
+                        prog.add(n as u64);
+                        continue;
+                    }
+                    Err(Errno::EXDEV | Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOSYS) => {
+                        self.cfr = false;
+                    }
+                    Err(e) => return Err::<(), _>(e).src("copy", || ctx.up(rel)).map(|_| 0),
+                }
+            }
+            if self.buf.is_empty() {
+                self.buf = vec![0; 1 << 20];
+            }
+            let want = chunk.min(self.buf.len());
+            let n = f
+                .read_at(&mut self.buf[..want], off as u64)
+                .src("read", || ctx.up(rel))?;
+            if n == 0 {
+                return Err(changed("read", ctx.up(rel)));
+            }
+            d.write_all_at(&self.buf[..n], off as u64)
+                .at("write", ctx.dp(rel))?;
+            off += n as i64;
+            left -= n as u64;
+            prog.add(n as u64);
+        }
+        Ok(len as u64)
+    }
+}
+
+/// Makes `dst` share the data of `src` (`FICLONE`).
+fn ficlone(dst: &File, src: &File) -> nix::Result<()> {
+    // Raw ioctl: nix has no FICLONE wrapper.
+    // SAFETY: FICLONE takes the source fd as its argument; both fds are open.
+    let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+    Errno::result(r).map(drop)
+}
+
+/// Whether the capture filesystem can clone files at all. Cloning from the
+/// upper dir may still fail (other filesystem); the first such failure
+/// switches to copying.
+fn probe_reflink(dest: &Path) -> bool {
+    let a = dest.join(".reflink-probe-a");
+    let b = dest.join(".reflink-probe-b");
+    let ok = (|| -> std::io::Result<bool> {
+        // FICLONE needs a readable source.
+        let fa = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&a)?;
+        fa.write_all_at(b"x", 0)?;
+        let fb = File::create(&b)?;
+        Ok(ficlone(&fb, &fa).is_ok())
+    })()
+    .unwrap_or(false);
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+    ok
+}

@@ -1,0 +1,156 @@
+//! Point-in-time copy of a live overlayfs upper dir.
+//!
+//! [`Capture::precopy`] copies the upper dir while the container runs and
+//! records, per path, the `lstat` taken before the copy. While the container's
+//! cgroup is frozen, [`Capture::sync_frozen`] walks the upper dir again and
+//! re-copies only what changed, so that the capture directory ends up exactly
+//! equal to the upper dir at that instant.
+//!
+//! The upper dir belongs to a possibly hostile container that may swap a
+//! directory for a symlink at any moment (CVE-2018-15664 class). The source is
+//! therefore only ever traversed relative to open directory fds, one name at a
+//! time, with `O_NOFOLLOW` (`crate::sys::fs`). The capture directory is
+//! private to us, so plain paths are used there.
+//!
+//! Layout: [`meta`] (the stat record change detection compares), [`walk`]
+//! (the fd-relative walk both phases share), [`copier`] (creating one entry:
+//! clone, sparse copy, special files), [`dest`] (capture-side metadata and
+//! removal), [`fail`] (race or real error), [`precopy`] (phase 1) and
+//! [`sync`] (phase 2, the whole frozen path).
+
+mod copier;
+mod dest;
+mod fail;
+mod meta;
+mod paths;
+mod precopy;
+mod sync;
+#[cfg(test)]
+mod tests;
+mod walk;
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::fcntl::AT_FDCWD;
+use nix::sys::stat::{Mode, mkdirat};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::sys::fs::{open_dir, proc_fd_available};
+use crate::types::CaptureStrategy;
+use copier::Copier;
+use meta::Rec;
+use paths::Ctx;
+
+/// Counters of one phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct PhaseStats {
+    /// Entries of the upper dir walked (the root excluded).
+    pub(crate) entries: u64,
+    /// Non-directory entries (re)created in the capture directory.
+    pub(crate) files: u64,
+    /// File data bytes copied or cloned.
+    pub(crate) bytes_copied: u64,
+    /// Entries removed from the capture directory because they vanished.
+    pub(crate) removed: u64,
+    /// Wall time of the phase.
+    pub(crate) duration: Duration,
+}
+
+/// A capture of one upper dir into one capture directory.
+///
+/// Call [`Capture::precopy`] once while the container runs, then
+/// [`Capture::sync_frozen`] while it is frozen.
+pub(crate) struct Capture {
+    ctx: Ctx,
+    /// The upper dir, opened once; everything is reached relative to it.
+    root: OwnedFd,
+    recs: HashMap<Vec<u8>, Rec>,
+    gen_: u32,
+    copier: Copier,
+    totals: (u64, u64),
+    /// Regular files the next sync re-copies whatever their stat says.
+    forced: HashSet<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("upper", &self.ctx.upper)
+            .field("dest", &self.ctx.dest)
+            .field("entries", &self.recs.len())
+            .finish()
+    }
+}
+
+impl Capture {
+    /// Opens the live upper dir `upper` and creates the capture directory
+    /// `dest` (which must not exist; its parent must).
+    pub(crate) fn new(upper: &Path, dest: &Path) -> Result<Capture> {
+        let root = open_dir(upper).at("open", upper)?;
+        // Files are reopened through /proc/self/fd: fail early without it.
+        if let Err(e) = proc_fd_available() {
+            return Err(Error::Unsupported(format!(
+                "/proc/self/fd unavailable: {e}"
+            )));
+        }
+        mkdirat(AT_FDCWD, dest, Mode::from_bits_truncate(0o700)).at("mkdir", dest)?;
+        Ok(Capture {
+            ctx: Ctx {
+                upper: upper.to_path_buf(),
+                dest: dest.to_path_buf(),
+            },
+            root,
+            recs: HashMap::new(),
+            gen_: 0,
+            copier: Copier::new(dest),
+            totals: (0, 0),
+            forced: HashSet::new(),
+        })
+    }
+
+    /// Phase 1, container running: copies everything. Entries that change
+    /// while being copied (vanish, are replaced, truncated, grown, swapped
+    /// for symlinks) are left for [`Capture::sync_frozen`]; only real errors
+    /// (capture side, I/O) fail. `progress(bytes_copied)` is called about
+    /// every 100 ms and at the end.
+    pub(crate) fn precopy(&mut self, progress: &mut dyn FnMut(u64)) -> Result<PhaseStats> {
+        precopy::precopy(self, progress)
+    }
+
+    /// Marks regular files (paths relative to the upper dir) that the next
+    /// [`Self::sync_frozen`] re-copies even when their stat is unchanged: files
+    /// mapped shared-writable by the container, whose writes to already-dirty
+    /// pages change neither mtime nor ctime.
+    pub(crate) fn force_recopy(&mut self, paths: impl IntoIterator<Item = Vec<u8>>) {
+        self.forced.extend(paths);
+    }
+
+    /// Phase 2, container frozen: walks the upper dir, re-copies entries that
+    /// changed since they were recorded (per inode, so hardlinks follow),
+    /// removes vanished ones and fixes metadata, leaving the capture dir
+    /// exactly equal to the upper dir. No fsync. Every error is an error.
+    pub(crate) fn sync_frozen(&mut self) -> Result<PhaseStats> {
+        sync::sync_frozen(self)
+    }
+
+    /// Totals of the capture dir after sync: non-directory entries, and
+    /// content bytes (sum of regular file sizes, each path counted).
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        self.totals
+    }
+
+    /// How file data was (or, before any copy, will first be tried to be) copied.
+    pub(crate) fn strategy(&self) -> CaptureStrategy {
+        self.copier.strategy()
+    }
+
+    /// The capture directory.
+    #[cfg(test)]
+    pub(crate) fn dest(&self) -> &Path {
+        &self.ctx.dest
+    }
+}

@@ -1,0 +1,389 @@
+//! Phase 2, container frozen: brings the capture directory to exactly the
+//! state of the upper dir at this instant. This is the whole frozen-window
+//! path of a capture, in the order it runs:
+//!
+//! 1. [`find_changes`]: walk the upper dir, only comparing stats with the
+//!    records (no copy while walking); dirty multiply-linked inodes make all
+//!    their names dirty;
+//! 2. [`Resync::remove_vanished`]: remove what is no longer there, deepest
+//!    first;
+//! 3. [`Resync::recreate`]: recreate each changed entry, in walk order
+//!    (parents first), hardlinks linked to the first name recreated;
+//! 4. [`Resync::restore_dir_times`]: reset the times of every directory whose
+//!    content was changed by steps 2 and 3;
+//! 5. [`totals`]: recount the capture.
+//!
+//! Invariants: every error is an error (nothing may change while frozen, so
+//! a change is not a race to tolerate); no fsync; the cost of an unchanged
+//! entry is one `lstat` (plus an open and a readdir for a directory) and a
+//! record lookup: nothing is allocated for it.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use nix::fcntl::{AT_FDCWD, AtFlags};
+use nix::sys::stat::{FileStat, Mode, fstat, lstat, mkdirat};
+use nix::unistd::linkat;
+
+use super::copier::{Copier, Prog};
+use super::dest::{Dst, apply_meta, remove_dest, set_path_times};
+use super::fail::Fail;
+use super::meta::{Meta, Rec, now_ns};
+use super::paths::{Ctx, parent_rel};
+use super::walk::{Entry, Visit, walk};
+use super::{Capture, PhaseStats};
+use crate::error::{Error, IoContext, Result};
+use crate::sys::fs::{open_beneath, open_subdir};
+use crate::sys::xattr::XRef;
+
+/// Runs [`Capture::sync_frozen`].
+pub(super) fn sync_frozen(c: &mut Capture) -> Result<PhaseStats> {
+    let start = Instant::now();
+    c.gen_ += 1;
+    let (work, entries) = find_changes(c)?;
+
+    let mut noprog = |_: u64| {};
+    let mut s = Resync {
+        ctx: &c.ctx,
+        root: c.root.as_fd(),
+        recs: &mut c.recs,
+        copier: &mut c.copier,
+        gen_: c.gen_,
+        stats: PhaseStats {
+            entries,
+            ..PhaseStats::default()
+        },
+        retime: HashSet::new(),
+        made: HashMap::new(),
+        prog: Prog::new(&mut noprog),
+    };
+    s.remove_vanished()?;
+    let mut parent = OpenParent::default();
+    for it in work {
+        s.recreate(&mut parent, it)?;
+    }
+    s.restore_dir_times()?;
+    let mut stats = s.stats;
+
+    c.totals = totals(&c.recs);
+    stats.duration = start.elapsed();
+    tracing::debug!(?stats, "frozen sync done");
+    Ok(stats)
+}
+
+// ------------------------------------------------- 1. finding the changes
+
+/// One path that sync must (re)create.
+struct Item {
+    rel: Vec<u8>,
+    meta: Meta,
+    atime: (i64, i64),
+    taken: i128,
+}
+
+/// Walks the upper dir and returns, in walk order, the paths to recreate
+/// (followed by the clean names of dirty multiply-linked inodes), and the
+/// number of entries walked. Consumes the forced re-copies.
+fn find_changes(c: &mut Capture) -> Result<(Vec<Item>, u64)> {
+    let top = open_beneath(c.root.as_fd(), b"").at("open", &c.ctx.upper)?;
+    let taken = now_ns();
+    let st = fstat(&top).at("stat", &c.ctx.upper)?;
+    let mut col = Collect {
+        recs: &mut c.recs,
+        forced: &c.forced,
+        gen_: c.gen_,
+        work: Vec::new(),
+        clean_links: Vec::new(),
+        dirty_inodes: HashSet::new(),
+        entries: 0,
+    };
+    col.see(b"", &st, taken);
+    walk(&c.ctx, top, st, true, &mut col)?;
+    let Collect {
+        mut work,
+        clean_links,
+        dirty_inodes,
+        entries,
+        ..
+    } = col;
+    // Forced once: the next sync looks at its own mappings.
+    c.forced.clear();
+    // Parents of clean paths exist in the capture, so order is kept.
+    work.extend(
+        clean_links
+            .into_iter()
+            .filter(|i| dirty_inodes.contains(&i.meta.key())),
+    );
+    Ok((work, entries))
+}
+
+/// The sync visitor: only compares; copying happens after the walk.
+struct Collect<'a> {
+    recs: &'a mut HashMap<Vec<u8>, Rec>,
+    forced: &'a HashSet<Vec<u8>>,
+    gen_: u32,
+    work: Vec<Item>,
+    /// Clean multiply-linked paths: dirty after all if their inode is.
+    clean_links: Vec<Item>,
+    dirty_inodes: HashSet<(u64, u64)>,
+    entries: u64,
+}
+
+impl Collect<'_> {
+    fn see(&mut self, rel: &[u8], st: &FileStat, taken: i128) {
+        let (meta, atime) = Meta::from_stat(st);
+        let dirty = match self.recs.get_mut(rel) {
+            Some(r) => {
+                r.seen = self.gen_;
+                !r.clean(&meta) || (meta.fmt() == libc::S_IFREG && self.forced.contains(rel))
+            }
+            None => true,
+        };
+        let item = || Item {
+            rel: rel.to_vec(),
+            meta,
+            atime,
+            taken,
+        };
+        if dirty {
+            if meta.multi_linked() {
+                self.dirty_inodes.insert(meta.key());
+            }
+            self.work.push(item());
+        } else if meta.multi_linked() {
+            self.clean_links.push(item());
+        }
+    }
+}
+
+impl Visit for Collect<'_> {
+    fn entry(&mut self, e: Entry<'_>) -> Result<bool> {
+        // Sockets count as absent, so a former file there is removed.
+        if e.st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+            return Ok(false);
+        }
+        self.entries += 1;
+        self.see(e.rel, e.st, e.taken);
+        Ok(e.st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    fn leave(&mut self, _: BorrowedFd<'_>, _: &[u8], _: &FileStat) -> Result<()> {
+        Ok(())
+    }
+}
+
+// ------------------------------------------------- 2.-4. applying them
+
+/// The state of applying the changes to the capture directory.
+struct Resync<'a, 'p> {
+    ctx: &'a Ctx,
+    /// The upper dir: every source directory is reopened beneath it.
+    root: BorrowedFd<'a>,
+    recs: &'a mut HashMap<Vec<u8>, Rec>,
+    copier: &'a mut Copier,
+    gen_: u32,
+    stats: PhaseStats,
+    /// Directories whose times must be set after all changes inside them.
+    retime: HashSet<Vec<u8>>,
+    /// First path recreated for each multiply-linked inode.
+    made: HashMap<(u64, u64), Vec<u8>>,
+    prog: Prog<'p>,
+}
+
+/// The source directory of the last recreated entry, kept open: work items
+/// come in walk order, so siblings share it.
+#[derive(Default)]
+struct OpenParent(Option<(Vec<u8>, OwnedFd)>);
+
+impl OpenParent {
+    /// The directory `prel` beneath `root`, opened unless it is the one open.
+    fn get(&mut self, root: BorrowedFd<'_>, ctx: &Ctx, prel: &[u8]) -> Result<BorrowedFd<'_>> {
+        if self.0.as_ref().is_none_or(|(p, _)| p.as_slice() != prel) {
+            let fd = open_beneath(root, prel).at("open", ctx.up(prel))?;
+            self.0 = Some((prel.to_vec(), fd));
+        }
+        match &self.0 {
+            Some((_, fd)) => Ok(fd.as_fd()),
+            None => Err(Error::Internal("parent not open".into())),
+        }
+    }
+}
+
+impl Resync<'_, '_> {
+    /// Step 2: removes vanished paths, deepest first (a prefix sorts before
+    /// its children).
+    fn remove_vanished(&mut self) -> Result<()> {
+        let gen_ = self.gen_;
+        let mut vanished: Vec<Vec<u8>> = self
+            .recs
+            .iter()
+            .filter(|(_, r)| r.seen != gen_)
+            .map(|(k, _)| k.clone())
+            .collect();
+        vanished.sort_unstable_by(|a, b| b.cmp(a));
+        for rel in vanished {
+            if remove_dest(&self.ctx.dp(&rel))? {
+                self.stats.removed += 1;
+            }
+            self.recs.remove(&rel);
+            self.retime.insert(parent_rel(&rel).to_vec());
+        }
+        Ok(())
+    }
+
+    /// Step 3, one item: makes its capture entry equal to the source and
+    /// records it.
+    fn recreate(&mut self, parent: &mut OpenParent, it: Item) -> Result<()> {
+        let rel = it.rel.as_slice();
+        let dpath = self.ctx.dp(rel);
+        if rel.is_empty() {
+            let d = open_beneath(self.root, b"").at("open", &self.ctx.upper)?;
+            check_same(self.ctx, rel, &d, &it.meta)?;
+            self.dir_meta(&it, &d, &dpath)?;
+        } else {
+            let prel = parent_rel(rel);
+            let name_bytes = if prel.is_empty() {
+                rel
+            } else {
+                &rel[prel.len() + 1..]
+            };
+            let name = CString::new(name_bytes)
+                .map_err(|_| Error::Internal("NUL in a file name".into()))?;
+            let pfd = parent.get(self.root, self.ctx, prel)?;
+            if it.meta.is_dir() {
+                let is_dir = lstat(&dpath)
+                    .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                    .unwrap_or(false);
+                if !is_dir {
+                    remove_dest(&dpath)?;
+                    mkdirat(AT_FDCWD, &dpath, Mode::from_bits_truncate(0o700))
+                        .at("mkdir", &dpath)?;
+                    self.retime.insert(prel.to_vec());
+                }
+                let d = open_subdir(pfd, &name, it.meta.key()).at("open", self.ctx.up(rel))?;
+                self.dir_meta(&it, &d, &dpath)?;
+            } else {
+                remove_dest(&dpath)?;
+                self.retime.insert(prel.to_vec());
+                self.create_nondir(pfd, &name, &it, &dpath)?;
+            }
+        }
+        if it.meta.is_dir() {
+            self.retime.insert(it.rel.clone());
+        }
+        self.recs.insert(
+            it.rel,
+            Rec {
+                meta: it.meta,
+                atime: it.atime,
+                taken: it.taken,
+                ok: true,
+                seen: self.gen_,
+            },
+        );
+        Ok(())
+    }
+
+    /// Owner, mode and xattrs of an existing capture directory from its
+    /// open source `d`; its times wait for step 4.
+    fn dir_meta(&self, it: &Item, d: &OwnedFd, dpath: &std::path::Path) -> Result<()> {
+        apply_meta(
+            self.ctx,
+            &it.rel,
+            &XRef::Fd(d.as_fd()),
+            &Dst::Path(dpath),
+            &it.meta,
+            it.atime,
+            false,
+        )
+        .map_err(Fail::into_error)
+    }
+
+    /// Creates the (removed) non-directory `dpath` from entry `name` of the
+    /// source directory `pfd`: a hardlink if its inode was already
+    /// recreated under another name, else a copy.
+    fn create_nondir(
+        &mut self,
+        pfd: BorrowedFd<'_>,
+        name: &CString,
+        it: &Item,
+        dpath: &std::path::Path,
+    ) -> Result<()> {
+        let first = if it.meta.multi_linked() {
+            self.made.get(&it.meta.key())
+        } else {
+            None
+        };
+        if let Some(first) = first {
+            linkat(
+                AT_FDCWD,
+                &self.ctx.dp(first),
+                AT_FDCWD,
+                dpath,
+                AtFlags::empty(),
+            )
+            .at("link", dpath)?;
+        } else {
+            self.stats.bytes_copied += self
+                .copier
+                .create(
+                    self.ctx,
+                    pfd,
+                    name,
+                    &it.rel,
+                    &it.meta,
+                    it.atime,
+                    &mut self.prog,
+                )
+                .map_err(Fail::into_error)?;
+            if it.meta.multi_linked() {
+                self.made.insert(it.meta.key(), it.rel.clone());
+            }
+        }
+        self.stats.files += 1;
+        Ok(())
+    }
+
+    /// Step 4: restores the times of directories changed inside. Setting a
+    /// directory's times does not touch its parent: any order.
+    fn restore_dir_times(&self) -> Result<()> {
+        for rel in &self.retime {
+            if let Some(r) = self.recs.get(rel.as_slice())
+                && r.meta.is_dir()
+            {
+                set_path_times(&self.ctx.dp(rel), r.atime, r.meta.mtime)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks an opened directory is the inode the walk saw.
+fn check_same(ctx: &Ctx, rel: &[u8], fd: &OwnedFd, meta: &Meta) -> Result<()> {
+    let st = fstat(fd).at("stat", ctx.up(rel))?;
+    if Meta::from_stat(&st).0.key() != meta.key() {
+        return Err(Error::io(
+            "open",
+            ctx.up(rel),
+            std::io::Error::other("changed while frozen"),
+        ));
+    }
+    Ok(())
+}
+
+/// Step 5: non-directory entries, and content bytes (sum of regular file
+/// sizes, each path counted).
+fn totals(recs: &HashMap<Vec<u8>, Rec>) -> (u64, u64) {
+    let mut totals = (0u64, 0u64);
+    for r in recs.values() {
+        if !r.meta.is_dir() {
+            totals.0 += 1;
+        }
+        if r.meta.fmt() == libc::S_IFREG {
+            totals.1 += r.meta.size.max(0) as u64;
+        }
+    }
+    totals
+}

@@ -1,0 +1,134 @@
+//! The walk of the upper dir shared by pre-copy and frozen sync: depth
+//! first, parents before children, without recursion, one directory fd held
+//! per level, every entry reached by name relative to its parent's fd.
+//!
+//! Invariants: an entry is `lstat`ed (never followed) and a directory is
+//! only descended into through an fd checked to be the inode that was
+//! stat'ed (`crate::sys::fs::open_subdir`). Not strict (container running),
+//! an entry that changes under the walk is skipped or not descended into;
+//! strict (container frozen), every error is an error.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::sys::stat::{FileStat, fstatat};
+
+use super::fail::is_race;
+use super::meta::{Meta, now_ns};
+use super::paths::Ctx;
+use crate::error::{Error, Result};
+use crate::sys::fs::{open_subdir, read_names};
+
+/// One entry met by the walk.
+pub(super) struct Entry<'a> {
+    pub(super) parent: BorrowedFd<'a>,
+    pub(super) name: &'a CStr,
+    pub(super) rel: &'a [u8],
+    pub(super) st: &'a FileStat,
+    /// Wall-clock ns just before the `lstat`.
+    pub(super) taken: i128,
+    /// For a directory: the opened and verified directory (`None` if it
+    /// changed under us before it could be opened).
+    pub(super) dir: Option<BorrowedFd<'a>>,
+}
+
+/// What a walk does with the entries it meets.
+pub(super) trait Visit {
+    /// Called for every entry, parents before children. Returns whether to
+    /// descend into a directory.
+    fn entry(&mut self, e: Entry<'_>) -> Result<bool>;
+    /// Called after all children of a descended directory (and the root).
+    fn leave(&mut self, dir: BorrowedFd<'_>, rel: &[u8], st: &FileStat) -> Result<()>;
+}
+
+/// One open directory of the walk and the names in it still to visit.
+struct Level {
+    dir: OwnedFd,
+    names: Vec<CString>,
+    idx: usize,
+    rel_len: usize,
+    st: FileStat,
+}
+
+/// Walks the tree below `top` without recursion, holding one fd per level.
+/// `strict`: every source error is an error (frozen container); otherwise
+/// races make the walker skip the entry.
+pub(super) fn walk(
+    ctx: &Ctx,
+    top: OwnedFd,
+    top_st: FileStat,
+    strict: bool,
+    v: &mut dyn Visit,
+) -> Result<()> {
+    let names = match read_names(top.as_fd()) {
+        Ok(n) => n,
+        Err(e) => return Err(Error::errno("readdir", ctx.up(b""), e)),
+    };
+    let mut stack = vec![Level {
+        dir: top,
+        names,
+        idx: 0,
+        rel_len: 0,
+        st: top_st,
+    }];
+    let mut rel: Vec<u8> = Vec::with_capacity(256);
+    while let Some(lvl) = stack.last_mut() {
+        if lvl.idx >= lvl.names.len() {
+            if let Some(done) = stack.pop() {
+                rel.truncate(done.rel_len);
+                v.leave(done.dir.as_fd(), &rel, &done.st)?;
+            }
+            continue;
+        }
+        let name = std::mem::take(&mut lvl.names[lvl.idx]);
+        lvl.idx += 1;
+        rel.truncate(lvl.rel_len);
+        if lvl.rel_len > 0 {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name.to_bytes());
+        let taken = now_ns();
+        let st = match fstatat(
+            lvl.dir.as_fd(),
+            name.as_c_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => st,
+            Err(e) if !strict && is_race(e) => continue,
+            Err(e) => return Err(Error::errno("lstat", ctx.up(&rel), e)),
+        };
+        let (meta, _) = Meta::from_stat(&st);
+        let mut sub = None;
+        if meta.is_dir() {
+            match open_subdir(lvl.dir.as_fd(), &name, meta.key()) {
+                Ok(fd) => sub = Some(fd),
+                Err(e) if !strict && is_race(e) => {}
+                Err(e) => return Err(Error::errno("open", ctx.up(&rel), e)),
+            }
+        }
+        let descend = v.entry(Entry {
+            parent: lvl.dir.as_fd(),
+            name: &name,
+            rel: &rel,
+            st: &st,
+            taken,
+            dir: sub.as_ref().map(|f| f.as_fd()),
+        })?;
+        if let (true, Some(fd)) = (descend, sub) {
+            let names = match read_names(fd.as_fd()) {
+                Ok(n) => n,
+                // Removed while being read: its children are new at sync.
+                Err(e) if !strict && is_race(e) => Vec::new(),
+                Err(e) => return Err(Error::errno("readdir", ctx.up(&rel), e)),
+            };
+            stack.push(Level {
+                dir: fd,
+                names,
+                idx: 0,
+                rel_len: rel.len(),
+                st,
+            });
+        }
+    }
+    Ok(())
+}
