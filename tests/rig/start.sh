@@ -20,16 +20,8 @@ probe=$rig/probe
 
 log() { echo "start.sh: $*" >&2; }
 
-# A pid from a pid file, if that process still runs the expected program.
-live_pid() {
-  local file=$1 want=$2 pid
-  [[ -f $file ]] || return 1
-  pid=$(<"$file")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$want" || return 1
-  echo "$pid"
-}
+# shellcheck source=tests/rig/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'

@@ -12,15 +12,8 @@ rig=$(realpath -m "${1:-${SEAMLESS_RIG_DIR:-/tmp/seamless-rig}}")
 sock=$rig/containerd.sock
 log() { echo "stop.sh: $*" >&2; }
 
-live_pid() {
-  local file=$1 want=$2 pid
-  [[ -f $file ]] || return 1
-  pid=$(<"$file")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$want" || return 1
-  echo "$pid"
-}
+# shellcheck source=tests/rig/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # Thaws every frozen cgroup below /<ns> in the v1 freezer and the v2 tree.
 thaw_ns() {

@@ -71,6 +71,22 @@ pub(super) struct Copier {
     buf: Vec<u8>,
 }
 
+/// One entry of the source tree to copy: `name` in the open source
+/// directory `parent`, at `rel` below the upper dir, as `meta` recorded it.
+#[derive(Clone, Copy)]
+pub(super) struct Source<'a> {
+    /// The open source directory holding the entry.
+    pub(super) parent: BorrowedFd<'a>,
+    /// The entry's name in `parent`.
+    pub(super) name: &'a CStr,
+    /// Its path relative to the upper dir (and the capture dir).
+    pub(super) rel: &'a [u8],
+    /// Its recorded stat.
+    pub(super) meta: &'a Meta,
+    /// The access time to give the copy.
+    pub(super) atime: (i64, i64),
+}
+
 impl Copier {
     /// A copier into the capture directory `dest`, cloning if its
     /// filesystem can clone at all.
@@ -98,21 +114,23 @@ impl Copier {
     /// Creates the non-directory `rel` in the capture dir from entry `name`
     /// of the source directory `parent`, with all its metadata. Returns the
     /// data bytes copied.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn create(
         &mut self,
         ctx: &Ctx,
-        parent: BorrowedFd<'_>,
-        name: &CStr,
-        rel: &[u8],
-        meta: &Meta,
-        atime: (i64, i64),
+        src: &Source<'_>,
         prog: &mut Prog<'_>,
     ) -> FResult<u64> {
+        let Source {
+            parent,
+            name,
+            rel,
+            meta,
+            atime,
+        } = *src;
         let dpath = ctx.dp(rel);
         let fmt = meta.fmt();
         match fmt {
-            libc::S_IFREG => return self.copy_regular(ctx, parent, name, rel, meta, atime, prog),
+            libc::S_IFREG => return self.copy_regular(ctx, src, prog),
             libc::S_IFLNK => {
                 let target =
                     nix::fcntl::readlinkat(parent, name).src("readlink", || ctx.up(rel))?;
@@ -140,17 +158,14 @@ impl Copier {
         Ok(0)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn copy_regular(
-        &mut self,
-        ctx: &Ctx,
-        parent: BorrowedFd<'_>,
-        name: &CStr,
-        rel: &[u8],
-        meta: &Meta,
-        atime: (i64, i64),
-        prog: &mut Prog<'_>,
-    ) -> FResult<u64> {
+    fn copy_regular(&mut self, ctx: &Ctx, src: &Source<'_>, prog: &mut Prog<'_>) -> FResult<u64> {
+        let Source {
+            parent,
+            name,
+            rel,
+            meta,
+            atime,
+        } = *src;
         let up = || ctx.up(rel);
         let p = open_path(parent, name).src("open", up)?;
         let st = fstat(&p).src("stat", up)?;

@@ -16,7 +16,7 @@ use nix::fcntl::AT_FDCWD;
 use nix::sys::stat::{FileStat, Mode, fstat, mkdirat};
 use nix::unistd::linkat;
 
-use super::copier::{Copier, Prog};
+use super::copier::{Copier, Prog, Source};
 use super::dest::{Dst, apply_meta};
 use super::fail::{FResult, Fail, changed};
 use super::meta::{Meta, Rec, now_ns};
@@ -99,15 +99,14 @@ impl Pre<'_, '_> {
             linkat(AT_FDCWD, &from, AT_FDCWD, &to, nix::fcntl::AtFlags::empty()).at("link", &to)?;
             return Ok(0);
         }
-        let r = self.copier.create(
-            self.ctx,
-            e.parent,
-            e.name,
-            e.rel,
+        let src = Source {
+            parent: e.parent,
+            name: e.name,
+            rel: e.rel,
             meta,
             atime,
-            &mut self.prog,
-        );
+        };
+        let r = self.copier.create(self.ctx, &src, &mut self.prog);
         if meta.multi_linked() {
             self.links.insert(meta.key(), (e.rel.to_vec(), r.is_ok()));
         }

@@ -27,7 +27,7 @@ use nix::fcntl::{AT_FDCWD, AtFlags};
 use nix::sys::stat::{FileStat, Mode, fstat, lstat, mkdirat};
 use nix::unistd::linkat;
 
-use super::copier::{Copier, Prog};
+use super::copier::{Copier, Prog, Source};
 use super::dest::{Dst, apply_meta, remove_dest, set_path_times};
 use super::fail::Fail;
 use super::meta::{Meta, Rec, now_ns};
@@ -330,11 +330,13 @@ impl Resync<'_, '_> {
                 .copier
                 .create(
                     self.ctx,
-                    pfd,
-                    name,
-                    &it.rel,
-                    &it.meta,
-                    it.atime,
+                    &Source {
+                        parent: pfd,
+                        name,
+                        rel: &it.rel,
+                        meta: &it.meta,
+                        atime: it.atime,
+                    },
                     &mut self.prog,
                 )
                 .map_err(Fail::into_error)?;
