@@ -11,6 +11,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
 use serde::Serialize;
@@ -53,8 +54,30 @@ impl StatusStore {
         Ok(dir)
     }
 
-    /// Atomically replaces the job's status (temp file, fsync, rename).
+    /// Atomically replaces the job's status (temp file, fsync, rename),
+    /// unless the job is already `completed`: that state is final, so a
+    /// late writer (a stale progress update, an orphan check that raced
+    /// with the worker's last write) can never regress it.
     pub(crate) fn write(&self, status: &SnapshotStatus) -> Result<()> {
+        validate_id(&status.snapshot_id)?;
+        let dir = self.job_dir(&status.snapshot_id);
+        // The committer, the worker and any process recovering orphans may
+        // write the same job: they take turns, so the check below and the
+        // rename are one step.
+        let _turn = lock_dir(&dir)?;
+        match self.read(&status.snapshot_id) {
+            Ok(current) if current.state == SnapshotState::Completed => {
+                if status.state != SnapshotState::Completed {
+                    tracing::debug!(
+                        snapshot = %status.snapshot_id,
+                        state = %status.state,
+                        "not overwriting a completed status"
+                    );
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
         let mut status = status.clone();
         status.updated_at = Utc::now();
         self.write_json(&status.snapshot_id, STATUS_FILE, "status", &status)
@@ -133,9 +156,13 @@ impl StatusStore {
     }
 }
 
-/// Writes `name` in `dir` atomically and durably.
+/// Writes `name` in `dir` atomically and durably. The temporary name is
+/// unique to this call (pid and a process-wide counter), so concurrent
+/// writers, in one process or several, never write into each other's file.
 pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
     let dst = dir.join(name);
     let mut f = fs::File::create(&tmp).at("create", &tmp)?;
     f.write_all(data).at("write", &tmp)?;
@@ -147,6 +174,14 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// An exclusive, blocking `flock` on the directory itself (no lock file to
+/// leave behind); released on drop or when the process dies.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
+    let d = fs::File::open(dir).at("open", dir)?;
+    nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| Error::errno("flock", dir, errno))
 }
 
 /// Snapshot ids become directory names: accept only a safe alphabet.
@@ -242,6 +277,71 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("status.json")]);
         store.create_job_dir("b2").unwrap();
         assert_eq!(store.list().unwrap().len(), 1, "b2 has no status yet");
+    }
+
+    #[test]
+    fn completed_is_final() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StatusStore::new(tmp.path());
+        store.create_job_dir("done1").unwrap();
+        let mut s = SnapshotStatus::new("done1", "c", "localhost:5000/x:y");
+        s.state = SnapshotState::Completed;
+        s.manifest_digest = Some("sha256:aa".into());
+        store.write(&s).unwrap();
+        let mut late = s.clone();
+        late.state = SnapshotState::Pushing;
+        late.manifest_digest = None;
+        store.write(&late).unwrap();
+        store
+            .mark_failed("done1", &Error::Internal("late orphan check".into()))
+            .unwrap();
+        let back = store.read("done1").unwrap();
+        assert_eq!(back.state, SnapshotState::Completed);
+        assert_eq!(back.manifest_digest.as_deref(), Some("sha256:aa"));
+        assert!(back.error.is_none());
+    }
+
+    #[test]
+    fn concurrent_writers_never_tear_or_regress() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StatusStore::new(tmp.path());
+        store.create_job_dir("race1").unwrap();
+        let base = SnapshotStatus::new("race1", "c", "localhost:5000/x:y");
+        store.write(&base).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let store = store.clone();
+                let base = base.clone();
+                scope.spawn(move || {
+                    for i in 0..50u64 {
+                        let mut s = base.clone();
+                        s.state = SnapshotState::Pushing;
+                        s.progress = Progress {
+                            done: t * 1000 + i,
+                            total: 10_000,
+                        };
+                        store.write(&s).unwrap();
+                        // Every read sees a whole file.
+                        store.read("race1").unwrap();
+                    }
+                });
+            }
+            let store = store.clone();
+            let base = base.clone();
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(5));
+                let mut s = base.clone();
+                s.state = SnapshotState::Completed;
+                store.write(&s).unwrap();
+            });
+        });
+        assert_eq!(store.read("race1").unwrap().state, SnapshotState::Completed);
+        let leftovers: Vec<_> = fs::read_dir(store.job_dir("race1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "status.json")
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
     #[test]
