@@ -27,7 +27,7 @@ use crate::job::{self, JobSpec, StatusWriter};
 use crate::procfs::maps as mappings;
 use crate::registry;
 use crate::result::SnapshotResult;
-use crate::state::{self, StatusStore, ensure_private_dir, lock_file};
+use crate::state::{self, StatusStore, ensure_private_dir, lock_file, try_lock_dir};
 use crate::status::{SnapshotState, SnapshotStatus, Worker};
 
 /// Commits containers of one containerd namespace.
@@ -233,20 +233,14 @@ impl ContainerdSnapshotter {
         drop(client);
         containerd::check_mountinfo(container.pid, &mount.upper)?;
         // One commit per container at a time: a second one's thaw would end
-        // the first one's frozen window early.
-        let _lock = lock_file(
-            &self.config.state_dir.join("locks"),
-            &format!("{}.{}", self.config.namespace, container_id),
-            || format!("another commit of container {container_id} is in progress"),
-        )?;
+        // the first one's frozen window early. The lock is on the upper dir
+        // itself, so committers with different state directories (or
+        // libraries) exclude each other too.
+        let _lock = try_lock_dir(&mount.upper, || {
+            format!("another commit of container {container_id} is in progress")
+        })?;
         let freezer = freeze::freezer_for_pids(container.pid, &pids)?;
-        if freezer.is_frozen()? {
-            // Paused by someone else: our thaw would unpause it behind their back.
-            return Err(Error::ContainerNotRunning {
-                id: container_id.to_string(),
-                status: format!("frozen (cgroup {})", freezer.path().display()),
-            });
-        }
+        ensure_not_frozen(freezer.as_ref(), container_id)?;
 
         let id = new_snapshot_id();
         self.store.create_job_dir(&id)?;
@@ -269,6 +263,7 @@ impl ContainerdSnapshotter {
         };
         let (capture, pause, captured_at) = self
             .capture_frozen(
+                container_id,
                 &mount.upper,
                 &capture_dir,
                 freezer.as_ref(),
@@ -334,6 +329,7 @@ impl ContainerdSnapshotter {
     /// thaw.
     fn capture_frozen(
         &self,
+        container_id: &str,
         upper: &Path,
         dest: &Path,
         freezer: &dyn freeze::Freezer,
@@ -348,9 +344,17 @@ impl ContainerdSnapshotter {
         // Looked up before the freeze, to keep the window short: the test-only
         // fault hold, and the device of the container's root overlay as its
         // memory maps show it.
-        let hold = fault_hold_frozen();
+        let hold = fault_hold(FAULT_HOLD_FROZEN);
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         let root_dev = std::fs::metadata(&root).at("stat", &root)?.dev();
+
+        // The pre-copy may have taken minutes: if someone paused the
+        // container meanwhile, leave their pause alone (our thaw would undo
+        // it) and give up.
+        if let Some(h) = fault_hold(FAULT_HOLD_BEFORE_FREEZE) {
+            std::thread::sleep(h);
+        }
+        ensure_not_frozen(freezer, container_id)?;
 
         // The freeze window; `with_frozen` thaws on every path.
         let ((sync, captured_at), pause) = freeze::with_frozen(
@@ -432,22 +436,40 @@ impl ContainerdSnapshotter {
     }
 }
 
-/// Test-only fault injection: how much longer to stay inside the frozen
-/// window (`SEAMLESS_FAULT_HOLD_FROZEN_MS`), so that tests can kill the
-/// committer there. Read only in debug builds: a release build has no such
-/// behaviour whatever its environment.
-fn fault_hold_frozen() -> Option<Duration> {
+/// Test-only fault injection: stay inside the frozen window this many
+/// milliseconds longer (so that tests can kill the committer, or thaw the
+/// container from outside, there).
+const FAULT_HOLD_FROZEN: &str = "SEAMLESS_FAULT_HOLD_FROZEN_MS";
+/// Test-only fault injection: wait this many milliseconds between the
+/// pre-copy and the freeze (so that tests can pause the container there).
+const FAULT_HOLD_BEFORE_FREEZE: &str = "SEAMLESS_FAULT_HOLD_BEFORE_FREEZE_MS";
+
+/// The duration a fault-injection variable asks for. Read only in debug
+/// builds: a release build has no such behaviour whatever its environment.
+fn fault_hold(var: &str) -> Option<Duration> {
     if !cfg!(debug_assertions) {
         return None;
     }
-    let ms = std::env::var("SEAMLESS_FAULT_HOLD_FROZEN_MS").ok()?;
+    let ms = std::env::var(var).ok()?;
     match ms.trim().parse::<u64>() {
         Ok(ms) => Some(Duration::from_millis(ms)),
         Err(_) => {
-            tracing::warn!(value = %ms, "ignoring SEAMLESS_FAULT_HOLD_FROZEN_MS: not a number of milliseconds");
+            tracing::warn!(value = %ms, "ignoring {var}: not a number of milliseconds");
             None
         }
     }
+}
+
+/// Refuses a container whose cgroup is frozen (or freezing): someone else
+/// paused it, and our thaw would unpause it behind their back.
+fn ensure_not_frozen(freezer: &dyn freeze::Freezer, container_id: &str) -> Result<()> {
+    if freezer.is_paused()? {
+        return Err(Error::ContainerNotRunning {
+            id: container_id.to_string(),
+            status: format!("frozen (cgroup {})", freezer.path().display()),
+        });
+    }
+    Ok(())
 }
 
 /// Per-commit options on top of the configured defaults.

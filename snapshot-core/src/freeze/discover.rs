@@ -16,7 +16,6 @@ use super::v2::{CgroupV2Freezer, V2_FREEZE};
 use crate::error::{Error, IoContext, Result};
 use crate::procfs::cgroup::{parse_proc_cgroup, v1_freezer_path, v2_path};
 use crate::procfs::mountinfo::{self, Mount};
-use crate::types::FreezerKind;
 
 /// Whether `path` is `/`, i.e. a hierarchy's root cgroup.
 fn is_root_cgroup(path: &str) -> bool {
@@ -128,7 +127,11 @@ pub(crate) fn freezer_for_pid(pid: u32) -> Result<Box<dyn Freezer>> {
     let mut dirs = freezer_dirs(&target, &own, &mountinfo);
     if let Some(dir) = dirs.v2.take() {
         if dir.join(V2_FREEZE).exists() {
-            return Ok(Box::new(CgroupV2Freezer::new(dir)?));
+            let mut freezer = CgroupV2Freezer::new(dir)?;
+            if let Some(v1) = &dirs.v1 {
+                freezer = freezer.with_v1_sibling(v1);
+            }
+            return Ok(Box::new(freezer));
         }
         dirs.rejected
             .push(format!("{} has no {V2_FREEZE}", dir.display()));
@@ -182,14 +185,10 @@ pub(crate) fn freezer_for_pids(init: u32, pids: &[u32]) -> Result<Box<dyn Freeze
                 parent.display()
             )));
         }
-        freezer = match freezer.kind() {
-            FreezerKind::V2 => {
-                Box::new(CgroupV2Freezer::new(&parent).map_err(|e| unsupported(e.to_string()))?)
-            }
-            FreezerKind::V1 => {
-                Box::new(CgroupV1Freezer::new(&parent).map_err(|e| unsupported(e.to_string()))?)
-            }
-        };
+        freezer = freezer
+            .parent()
+            .map_err(|e| unsupported(e.to_string()))?
+            .ok_or_else(|| unsupported("no parent cgroup".into()))?;
     }
     Err(Error::Unsupported(format!(
         "container processes are spread over cgroups more than 8 levels apart (below {})",

@@ -50,8 +50,17 @@ pub(crate) trait Freezer: Send + Sync {
     fn freeze(&self, timeout: Duration) -> Result<()>;
     /// Requests the thaw and waits until the cgroup is thawed.
     fn thaw(&self) -> Result<()>;
-    /// Whether the cgroup is frozen, or a freeze is in progress.
+    /// Whether the cgroup is frozen, or a freeze is in progress, through
+    /// this freezer's interface.
     fn is_frozen(&self) -> Result<bool>;
+    /// Whether anyone holds the cgroup paused: through this interface, or,
+    /// on a hybrid host, through the other one (runc pauses containers
+    /// through the v1 freezer there, which the v2 files do not show).
+    fn is_paused(&self) -> Result<bool> {
+        self.is_frozen()
+    }
+    /// The same freezer one cgroup up (`None` at a hierarchy's root).
+    fn parent(&self) -> Result<Option<Box<dyn Freezer>>>;
     /// The file and the bytes the watchdog writes to thaw the cgroup.
     fn thaw_command(&self) -> (PathBuf, &'static [u8]);
 }
@@ -108,8 +117,10 @@ fn no_panic<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
 /// A [`Watchdog`] is armed before the freeze and thaws the cgroup if this
 /// process dies, or once `bound` has elapsed since arming. The cgroup is
 /// thawed on every path (work error, work panic, freeze failure). If the
-/// watchdog fired, the copy may have seen a running container, so the
-/// result is discarded with [`Error::Freeze`] even if `work` succeeded.
+/// watchdog fired, or the cgroup is no longer frozen when `work` returns
+/// (someone else thawed it), the copy may have seen a running container,
+/// so the result is discarded with [`Error::Freeze`] even if `work`
+/// succeeded.
 /// `freeze_timeout` should be well below `bound`.
 pub(crate) fn with_frozen<T>(
     freezer: &dyn Freezer,
@@ -138,6 +149,9 @@ pub(crate) fn with_frozen<T>(
     }
     let t1 = Instant::now();
     let outcome = panic::catch_unwind(AssertUnwindSafe(work));
+    // Someone else (`ctr task resume`, `runc resume`) may have thawed the
+    // cgroup inside the window: then the work saw a running container.
+    let still_frozen = no_panic("is_frozen", || freezer.is_frozen());
     let t2 = Instant::now();
     let thawed = no_panic("thaw", || freezer.thaw());
     let t3 = Instant::now();
@@ -170,7 +184,20 @@ pub(crate) fn with_frozen<T>(
             ),
         ));
     }
-    Ok((value, timing))
+    match still_frozen {
+        Ok(true) => Ok((value, timing)),
+        Ok(false) => {
+            tracing::warn!(cgroup = %freezer.path().display(), "thawed by someone else inside the window; capture discarded");
+            Err(freeze_error(
+                freezer.path(),
+                "the cgroup was thawed by someone else inside the frozen window; capture discarded",
+            ))
+        }
+        Err(e) => Err(freeze_error(
+            freezer.path(),
+            format!("cannot confirm the cgroup stayed frozen ({e}); capture discarded"),
+        )),
+    }
 }
 
 /// Thaws and retires the watchdog; see [`retire_watchdog`].

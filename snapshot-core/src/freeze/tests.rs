@@ -24,6 +24,9 @@ struct FakeFreezer {
     calls: Mutex<Vec<Call>>,
     fail_freeze: bool,
     fail_thaw: bool,
+    /// The fake cgroup's state: set by a successful freeze, cleared by a
+    /// successful thaw or by [`FakeFreezer::foreign_thaw`].
+    frozen: std::sync::atomic::AtomicBool,
     thaw_file: tempfile::NamedTempFile,
 }
 
@@ -33,6 +36,7 @@ impl FakeFreezer {
             calls: Mutex::new(Vec::new()),
             fail_freeze: false,
             fail_thaw: false,
+            frozen: std::sync::atomic::AtomicBool::new(false),
             thaw_file: tempfile::NamedTempFile::new().unwrap(),
         }
     }
@@ -41,6 +45,11 @@ impl FakeFreezer {
     }
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
+    }
+    /// Someone else thaws the cgroup.
+    fn foreign_thaw(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
     fn thaw_written(&self) -> String {
         std::fs::read_to_string(self.thaw_file.path()).unwrap()
@@ -59,6 +68,7 @@ impl Freezer for FakeFreezer {
         if self.fail_freeze {
             Err(freeze_error(self.path(), "fake freeze failure"))
         } else {
+            self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }
     }
@@ -67,11 +77,16 @@ impl Freezer for FakeFreezer {
         if self.fail_thaw {
             Err(freeze_error(self.path(), "fake thaw failure"))
         } else {
+            self.frozen
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }
     }
     fn is_frozen(&self) -> Result<bool> {
-        Ok(false)
+        Ok(self.frozen.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    fn parent(&self) -> Result<Option<Box<dyn Freezer>>> {
+        Ok(None)
     }
     fn thaw_command(&self) -> (PathBuf, &'static [u8]) {
         (self.thaw_file.path().to_path_buf(), b"0")
@@ -93,6 +108,25 @@ fn order_is_freeze_work_thaw() {
     assert_eq!(f.calls(), [Call::Freeze, Call::Work, Call::Thaw]);
     assert!(timing.pause >= timing.freeze + timing.frozen_work);
     assert_eq!(f.thaw_written(), "", "watchdog must not fire");
+}
+
+#[test]
+fn a_foreign_thaw_inside_the_window_discards_the_work() {
+    let f = FakeFreezer::new();
+    let r = with_frozen(&f, T, BOUND, || {
+        f.record(Call::Work);
+        f.foreign_thaw();
+        Ok(42)
+    });
+    match r {
+        Err(Error::Freeze { message, .. }) => {
+            assert!(message.contains("thawed by someone else"), "{message}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Our thaw still ran (harmless on a thawed cgroup), and no watchdog.
+    assert_eq!(f.calls(), [Call::Freeze, Call::Work, Call::Thaw]);
+    assert_eq!(f.thaw_written(), "");
 }
 
 #[test]

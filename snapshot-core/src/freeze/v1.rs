@@ -114,6 +114,13 @@ impl Freezer for CgroupV1Freezer {
         Ok(self.state()? != V1State::Thawed)
     }
 
+    fn parent(&self) -> Result<Option<Box<dyn Freezer>>> {
+        match self.path().parent() {
+            Some(dir) => Ok(Some(Box::new(CgroupV1Freezer::new(dir)?))),
+            None => Ok(None),
+        }
+    }
+
     fn thaw_command(&self) -> (PathBuf, &'static [u8]) {
         (self.state_path.clone(), b"THAWED")
     }

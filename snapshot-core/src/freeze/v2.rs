@@ -18,7 +18,7 @@ use super::control::{
     THAW_TIMEOUT, open_control, pread_small, pwrite_all, settle_freeze, settle_thaw, wait_until,
 };
 use super::{Freezer, freeze_error};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::types::FreezerKind;
 
 /// The file a freeze or thaw is requested through.
@@ -34,6 +34,9 @@ pub(crate) struct CgroupV2Freezer {
     events_path: PathBuf,
     freeze_file: File,
     events_file: File,
+    /// On a hybrid host, the `freezer.state` of the same cgroup in the v1
+    /// freezer hierarchy, where others (runc) pause it.
+    v1_state: Option<PathBuf>,
 }
 
 impl CgroupV2Freezer {
@@ -50,10 +53,23 @@ impl CgroupV2Freezer {
             events_path,
             freeze_file,
             events_file,
+            v1_state: None,
         };
         // Fails early on kernels whose cgroup.events has no `frozen` key.
         freezer.events_frozen()?;
         Ok(freezer)
+    }
+
+    /// Also watches the v1 freezer cgroup `v1_dir` for pauses made by others
+    /// (see [`Freezer::is_paused`]).
+    pub(crate) fn with_v1_sibling(mut self, v1_dir: &Path) -> Self {
+        self.v1_state = Some(v1_dir.join(super::v1::V1_STATE));
+        self
+    }
+
+    /// The v1 sibling's directory, if any.
+    pub(crate) fn v1_sibling(&self) -> Option<&Path> {
+        self.v1_state.as_deref().and_then(Path::parent)
     }
 
     /// The `frozen` value of `cgroup.events`.
@@ -122,6 +138,30 @@ impl Freezer for CgroupV2Freezer {
         let mut buf = [0u8; 16];
         let requested = pread_small(&self.freeze_file, &self.freeze_path, &mut buf)?;
         Ok(requested.trim_ascii() == b"1" || self.events_frozen()?)
+    }
+
+    fn parent(&self) -> Result<Option<Box<dyn Freezer>>> {
+        let Some(dir) = self.dir.parent() else {
+            return Ok(None);
+        };
+        let mut up = CgroupV2Freezer::new(dir)?;
+        if let Some(v1) = self.v1_sibling().and_then(Path::parent) {
+            up = up.with_v1_sibling(v1);
+        }
+        Ok(Some(Box::new(up)))
+    }
+
+    fn is_paused(&self) -> Result<bool> {
+        if self.is_frozen()? {
+            return Ok(true);
+        }
+        match &self.v1_state {
+            Some(p) => {
+                let text = std::fs::read(p).at("read", p)?;
+                Ok(text.trim_ascii() != b"THAWED")
+            }
+            None => Ok(false),
+        }
     }
 
     fn thaw_command(&self) -> (PathBuf, &'static [u8]) {

@@ -9,5 +9,5 @@ mod wait;
 
 #[cfg(test)]
 pub(crate) use store::validate_id;
-pub(crate) use store::{StatusStore, ensure_private_dir, lock_file, write_atomic};
+pub(crate) use store::{StatusStore, ensure_private_dir, lock_file, try_lock_dir, write_atomic};
 pub(crate) use wait::{dead_worker, effective_status, wait_for};

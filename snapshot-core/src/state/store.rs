@@ -184,6 +184,22 @@ fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
         .map_err(|(_, errno)| Error::errno("flock", dir, errno))
 }
 
+/// An exclusive, non-blocking `flock` on the directory `dir` itself;
+/// [`Error::Busy`] with `busy()` when another holder has it.
+pub(crate) fn try_lock_dir(
+    dir: &Path,
+    busy: impl FnOnce() -> String,
+) -> Result<nix::fcntl::Flock<fs::File>> {
+    let d = fs::File::open(dir).at("open", dir)?;
+    nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            Error::Busy(busy())
+        } else {
+            Error::errno("flock", dir, errno)
+        }
+    })
+}
+
 /// Snapshot ids become directory names: accept only a safe alphabet.
 pub(crate) fn validate_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
