@@ -31,4 +31,4 @@ fi
 
 # One test at a time: the integration tests freeze containers and measure
 # pauses, and the machine may have only 2 cores.
-cargo test --workspace "$@" -- --test-threads=1
+cargo test --workspace "$@" -- --include-ignored --test-threads=1
