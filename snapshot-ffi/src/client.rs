@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ::seamless_snapshot::{
     CommitOptions, Config, ContainerdSnapshotter, Error, SeamlessSnapshot, SnapshotResult,
+    SnapshotStatus,
 };
 
 use crate::error::{Failure, Out, arg_ref, arg_str, guard, guard_or, opt_str, seamless_result};
@@ -91,6 +92,53 @@ unsafe fn deliver(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Checks the arguments every commit function takes (before any work), runs
+/// `commit` with them and hands its outcome to C (see [`deliver`]).
+///
+/// # Safety
+/// As the commit functions: `client` is NULL or live, the strings NULL or
+/// NUL-terminated, `out` NULL or valid for a write of a pointer.
+unsafe fn commit_call(
+    client: *const seamless_client,
+    container_id: *const c_char,
+    target_ref: *const c_char,
+    out: *mut *mut seamless_snapshot,
+    commit: impl FnOnce(&ContainerdSnapshotter, &str, &str) -> Result<SnapshotResult, Error>,
+) -> Result<(), Failure> {
+    // SAFETY: the caller guarantees NULL or live.
+    let snap = unsafe { client_arg(client) }?;
+    // SAFETY: the caller guarantees NULL or NUL-terminated.
+    let container_id = unsafe { arg_str(container_id, "container_id") }?;
+    // SAFETY: as above.
+    let target_ref = unsafe { arg_str(target_ref, "target_ref") }?;
+    let out = Out::new(out, "out")?;
+    // SAFETY: `out` is valid for a write (the caller's contract).
+    unsafe { deliver(commit(snap, container_id, target_ref), out) }
+}
+
+/// Checks the arguments of a status function (before any work), runs
+/// `read` with them and stores the status in `*out` on success.
+///
+/// # Safety
+/// `client` is NULL or live, `snapshot_id` NULL or NUL-terminated, `out`
+/// NULL or valid for a write of a pointer.
+unsafe fn status_call(
+    client: *const seamless_client,
+    snapshot_id: *const c_char,
+    out: *mut *mut seamless_status,
+    read: impl FnOnce(&ContainerdSnapshotter, &str) -> Result<SnapshotStatus, Error>,
+) -> Result<(), Failure> {
+    // SAFETY: the caller guarantees NULL or live.
+    let snap = unsafe { client_arg(client) }?;
+    // SAFETY: the caller guarantees NULL or NUL-terminated.
+    let snapshot_id = unsafe { arg_str(snapshot_id, "snapshot_id") }?;
+    let out = Out::new(out, "out")?;
+    let status = Box::new(seamless_status::new(read(snap, snapshot_id)?));
+    // SAFETY: `out` is valid for a write (the caller's contract).
+    unsafe { out.write(Box::into_raw(status)) };
+    Ok(())
 }
 
 /// Creates a client for the containers of one containerd namespace. Creates
@@ -202,15 +250,12 @@ pub unsafe extern "C" fn seamless_commit(
     out: *mut *mut seamless_snapshot,
 ) -> seamless_result {
     guard("seamless_commit", || {
-        // SAFETY: the caller guarantees NULL or live.
-        let snap = unsafe { client_arg(client) }?;
-        // SAFETY: the caller guarantees NULL or NUL-terminated.
-        let container_id = unsafe { arg_str(container_id, "container_id") }?;
-        // SAFETY: as above.
-        let target_ref = unsafe { arg_str(target_ref, "target_ref") }?;
-        let out = Out::new(out, "out")?;
-        // SAFETY: `out` is valid for a write (the caller's contract).
-        unsafe { deliver(snap.commit(container_id, target_ref), out) }
+        // SAFETY: the caller's contract is commit_call's.
+        unsafe {
+            commit_call(client, container_id, target_ref, out, |snap, c, t| {
+                snap.commit(c, t)
+            })
+        }
     })
 }
 
@@ -242,17 +287,13 @@ pub unsafe extern "C" fn seamless_commit_with_wait(
     out: *mut *mut seamless_snapshot,
 ) -> seamless_result {
     guard("seamless_commit_with_wait", || {
-        // SAFETY: the caller guarantees NULL or live.
-        let snap = unsafe { client_arg(client) }?;
-        // SAFETY: the caller guarantees NULL or NUL-terminated.
-        let container_id = unsafe { arg_str(container_id, "container_id") }?;
-        // SAFETY: as above.
-        let target_ref = unsafe { arg_str(target_ref, "target_ref") }?;
-        let out = Out::new(out, "out")?;
         let timeout = Duration::from_millis(timeout_ms);
-        let outcome = snap.commit_with_wait(container_id, target_ref, timeout);
-        // SAFETY: `out` is valid for a write (the caller's contract).
-        unsafe { deliver(outcome, out) }
+        // SAFETY: the caller's contract is commit_call's.
+        unsafe {
+            commit_call(client, container_id, target_ref, out, |snap, c, t| {
+                snap.commit_with_wait(c, t, timeout)
+            })
+        }
     })
 }
 
@@ -285,28 +326,20 @@ pub unsafe extern "C" fn seamless_commit_with_options(
     out: *mut *mut seamless_snapshot,
 ) -> seamless_result {
     guard("seamless_commit_with_options", || {
-        // SAFETY: the caller guarantees NULL or live.
-        let snap = unsafe { client_arg(client) }?;
         // SAFETY: the caller guarantees NULL or NUL-terminated.
-        let container_id = unsafe { arg_str(container_id, "container_id") }?;
-        // SAFETY: as above.
-        let target_ref = unsafe { arg_str(target_ref, "target_ref") }?;
-        // SAFETY: as above.
         let options_json = unsafe { opt_str(options_json, "options_json") }?;
-        let out = Out::new(out, "out")?;
-        let options: CommitOptions = match options_json {
-            None => CommitOptions::default(),
-            Some(json) => serde_json::from_str(json).map_err(|e| {
-                Failure::new(
-                    seamless_result::SEAMLESS_INVALID_ARGUMENT,
-                    format!("options_json: {e}"),
-                )
-            })?,
-        };
         let wait = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
-        let outcome = snap.commit_with(container_id, target_ref, &options, wait);
-        // SAFETY: `out` is valid for a write (the caller's contract).
-        unsafe { deliver(outcome, out) }
+        // SAFETY: the caller's contract is commit_call's.
+        unsafe {
+            commit_call(client, container_id, target_ref, out, |snap, c, t| {
+                let options: CommitOptions = match options_json {
+                    None => CommitOptions::default(),
+                    Some(json) => serde_json::from_str(json)
+                        .map_err(|e| Error::InvalidArgument(format!("options_json: {e}")))?,
+                };
+                snap.commit_with(c, t, &options, wait)
+            })
+        }
     })
 }
 
@@ -329,15 +362,8 @@ pub unsafe extern "C" fn seamless_get_status(
     out: *mut *mut seamless_status,
 ) -> seamless_result {
     guard("seamless_get_status", || {
-        // SAFETY: the caller guarantees NULL or live.
-        let snap = unsafe { client_arg(client) }?;
-        // SAFETY: the caller guarantees NULL or NUL-terminated.
-        let snapshot_id = unsafe { arg_str(snapshot_id, "snapshot_id") }?;
-        let out = Out::new(out, "out")?;
-        let status = Box::new(seamless_status::new(snap.get_status(snapshot_id)?));
-        // SAFETY: `out` is valid for a write (the caller's contract).
-        unsafe { out.write(Box::into_raw(status)) };
-        Ok(())
+        // SAFETY: the caller's contract is status_call's.
+        unsafe { status_call(client, snapshot_id, out, |snap, id| snap.get_status(id)) }
     })
 }
 
@@ -362,16 +388,9 @@ pub unsafe extern "C" fn seamless_wait(
     out: *mut *mut seamless_status,
 ) -> seamless_result {
     guard("seamless_wait", || {
-        // SAFETY: the caller guarantees NULL or live.
-        let snap = unsafe { client_arg(client) }?;
-        // SAFETY: the caller guarantees NULL or NUL-terminated.
-        let snapshot_id = unsafe { arg_str(snapshot_id, "snapshot_id") }?;
-        let out = Out::new(out, "out")?;
-        let status = snap.wait(snapshot_id, Duration::from_millis(timeout_ms))?;
-        let status = Box::new(seamless_status::new(status));
-        // SAFETY: `out` is valid for a write (the caller's contract).
-        unsafe { out.write(Box::into_raw(status)) };
-        Ok(())
+        let timeout = Duration::from_millis(timeout_ms);
+        // SAFETY: the caller's contract is status_call's.
+        unsafe { status_call(client, snapshot_id, out, |snap, id| snap.wait(id, timeout)) }
     })
 }
 

@@ -113,6 +113,39 @@ fn nanos(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Runs an accessor on an object: `fallback`, and the last error, for NULL
+/// or a failure.
+///
+/// # Safety
+/// `p` is NULL or a live object from this library.
+unsafe fn read<T, R>(
+    func: &str,
+    p: *const T,
+    fallback: R,
+    f: impl FnOnce(&T) -> Result<R, Failure>,
+) -> R {
+    guard_or(func, fallback, || {
+        // SAFETY: the caller guarantees NULL or live.
+        let obj = unsafe { arg_ref(p, "s") }?;
+        f(obj)
+    })
+}
+
+/// Frees an object this library boxed; NULL is a no-op.
+///
+/// # Safety
+/// `p` is NULL or came from `Box::into_raw` in this library and is not
+/// freed yet.
+unsafe fn free_box<T>(func: &str, p: *mut T) {
+    guard_or(func, (), || {
+        if !p.is_null() {
+            // SAFETY: the caller's contract.
+            drop(unsafe { Box::from_raw(p) });
+        }
+        Ok(())
+    })
+}
+
 /// The snapshot's id, for `seamless_get_status` and `seamless_wait`.
 ///
 /// Ownership: the string belongs to `s` and lives until
@@ -124,11 +157,12 @@ fn nanos(d: std::time::Duration) -> u64 {
 /// `s` is NULL or a live `seamless_snapshot` from this library.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn seamless_snapshot_id(s: *const seamless_snapshot) -> *const c_char {
-    guard_or("seamless_snapshot_id", ptr::null(), || {
-        // SAFETY: the caller guarantees `s` is NULL or live.
-        let s = unsafe { arg_ref(s, "s") }?;
-        Ok(s.snapshot_id.as_ptr())
-    })
+    // SAFETY: the caller guarantees `s` is NULL or live.
+    unsafe {
+        read("seamless_snapshot_id", s, ptr::null(), |s| {
+            Ok(s.snapshot_id.as_ptr())
+        })
+    }
 }
 
 /// The pause the container felt, in nanoseconds: from the instant the
@@ -141,11 +175,12 @@ pub unsafe extern "C" fn seamless_snapshot_id(s: *const seamless_snapshot) -> *c
 /// `s` is NULL or a live `seamless_snapshot` from this library.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn seamless_snapshot_pause_ns(s: *const seamless_snapshot) -> u64 {
-    guard_or("seamless_snapshot_pause_ns", 0, || {
-        // SAFETY: the caller guarantees `s` is NULL or live.
-        let s = unsafe { arg_ref(s, "s") }?;
-        Ok(nanos(s.result.pause_time))
-    })
+    // SAFETY: the caller guarantees `s` is NULL or live.
+    unsafe {
+        read("seamless_snapshot_pause_ns", s, 0, |s| {
+            Ok(nanos(s.result.pause_time))
+        })
+    }
 }
 
 /// The whole call in nanoseconds: resolve, pre-copy, pause, and after a
@@ -158,11 +193,12 @@ pub unsafe extern "C" fn seamless_snapshot_pause_ns(s: *const seamless_snapshot)
 /// `s` is NULL or a live `seamless_snapshot` from this library.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn seamless_snapshot_total_ns(s: *const seamless_snapshot) -> u64 {
-    guard_or("seamless_snapshot_total_ns", 0, || {
-        // SAFETY: the caller guarantees `s` is NULL or live.
-        let s = unsafe { arg_ref(s, "s") }?;
-        Ok(nanos(s.result.total_time))
-    })
+    // SAFETY: the caller guarantees `s` is NULL or live.
+    unsafe {
+        read("seamless_snapshot_total_ns", s, 0, |s| {
+            Ok(nanos(s.result.total_time))
+        })
+    }
 }
 
 /// The frozen point-in-time copy of the writable layer that is packed into
@@ -180,11 +216,12 @@ pub unsafe extern "C" fn seamless_snapshot_total_ns(s: *const seamless_snapshot)
 pub unsafe extern "C" fn seamless_snapshot_old_upper_dir(
     s: *const seamless_snapshot,
 ) -> *const c_char {
-    guard_or("seamless_snapshot_old_upper_dir", ptr::null(), || {
-        // SAFETY: the caller guarantees `s` is NULL or live.
-        let s = unsafe { arg_ref(s, "s") }?;
-        Ok(s.old_upper_dir.as_ptr())
-    })
+    // SAFETY: the caller guarantees `s` is NULL or live.
+    unsafe {
+        read("seamless_snapshot_old_upper_dir", s, ptr::null(), |s| {
+            Ok(s.old_upper_dir.as_ptr())
+        })
+    }
 }
 
 /// The live upper dir the container keeps writing to. Not necessarily
@@ -201,11 +238,12 @@ pub unsafe extern "C" fn seamless_snapshot_old_upper_dir(
 pub unsafe extern "C" fn seamless_snapshot_new_upper_dir(
     s: *const seamless_snapshot,
 ) -> *const c_char {
-    guard_or("seamless_snapshot_new_upper_dir", ptr::null(), || {
-        // SAFETY: the caller guarantees `s` is NULL or live.
-        let s = unsafe { arg_ref(s, "s") }?;
-        Ok(s.new_upper_dir.as_ptr())
-    })
+    // SAFETY: the caller guarantees `s` is NULL or live.
+    unsafe {
+        read("seamless_snapshot_new_upper_dir", s, ptr::null(), |s| {
+            Ok(s.new_upper_dir.as_ptr())
+        })
+    }
 }
 
 /// The whole result as JSON (the serde form of the Rust `SnapshotResult`:
@@ -224,11 +262,12 @@ pub unsafe extern "C" fn seamless_snapshot_new_upper_dir(
 /// `s` is NULL or a live `seamless_snapshot` from this library.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn seamless_snapshot_to_json(s: *const seamless_snapshot) -> *mut c_char {
-    guard_or("seamless_snapshot_to_json", ptr::null_mut(), || {
-        // SAFETY: the caller guarantees `s` is NULL or live.
-        let s = unsafe { arg_ref(s, "s") }?;
-        to_json(&s.result)
-    })
+    // SAFETY: the caller guarantees `s` is NULL or live.
+    unsafe {
+        read("seamless_snapshot_to_json", s, ptr::null_mut(), |s| {
+            to_json(&s.result)
+        })
+    }
 }
 
 /// Frees a result. NULL is a no-op.
@@ -241,14 +280,8 @@ pub unsafe extern "C" fn seamless_snapshot_to_json(s: *const seamless_snapshot) 
 /// `s` is NULL or a `seamless_snapshot` from this library not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn seamless_snapshot_free(s: *mut seamless_snapshot) {
-    guard_or("seamless_snapshot_free", (), || {
-        if !s.is_null() {
-            // SAFETY: made by Box::into_raw in this library and not freed yet
-            // (the caller's contract).
-            drop(unsafe { Box::from_raw(s) });
-        }
-        Ok(())
-    })
+    // SAFETY: the caller guarantees `s` is NULL or not yet freed.
+    unsafe { free_box("seamless_snapshot_free", s) }
 }
 
 /// The snapshot's state.
@@ -261,15 +294,15 @@ pub unsafe extern "C" fn seamless_snapshot_free(s: *mut seamless_snapshot) {
 /// `s` is NULL or a live `seamless_status` from this library.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn seamless_status_state(s: *const seamless_status) -> seamless_state {
-    guard_or(
-        "seamless_status_state",
-        seamless_state::SEAMLESS_STATE_INVALID,
-        || {
-            // SAFETY: the caller guarantees `s` is NULL or live.
-            let s = unsafe { arg_ref(s, "s") }?;
-            Ok(s.status.state.into())
-        },
-    )
+    // SAFETY: the caller guarantees `s` is NULL or live.
+    unsafe {
+        read(
+            "seamless_status_state",
+            s,
+            seamless_state::SEAMLESS_STATE_INVALID,
+            |s| Ok(s.status.state.into()),
+        )
+    }
 }
 
 /// Progress of the current phase, 0.0 ..= 1.0 (bytes done / bytes in
@@ -282,16 +315,17 @@ pub unsafe extern "C" fn seamless_status_state(s: *const seamless_status) -> sea
 /// `s` is NULL or a live `seamless_status` from this library.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn seamless_status_progress(s: *const seamless_status) -> f64 {
-    guard_or("seamless_status_progress", -1.0, || {
-        // SAFETY: the caller guarantees `s` is NULL or live.
-        let s = unsafe { arg_ref(s, "s") }?;
-        let p = s.status.progress;
-        Ok(if p.total == 0 {
-            0.0
-        } else {
-            (p.done as f64 / p.total as f64).clamp(0.0, 1.0)
+    // SAFETY: the caller guarantees `s` is NULL or live.
+    unsafe {
+        read("seamless_status_progress", s, -1.0, |s| {
+            let p = s.status.progress;
+            Ok(if p.total == 0 {
+                0.0
+            } else {
+                (p.done as f64 / p.total as f64).clamp(0.0, 1.0)
+            })
         })
-    })
+    }
 }
 
 /// The whole status as JSON (the serde form of the Rust `SnapshotStatus`:
@@ -309,11 +343,12 @@ pub unsafe extern "C" fn seamless_status_progress(s: *const seamless_status) -> 
 /// `s` is NULL or a live `seamless_status` from this library.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn seamless_status_to_json(s: *const seamless_status) -> *mut c_char {
-    guard_or("seamless_status_to_json", ptr::null_mut(), || {
-        // SAFETY: the caller guarantees `s` is NULL or live.
-        let s = unsafe { arg_ref(s, "s") }?;
-        to_json(&s.status)
-    })
+    // SAFETY: the caller guarantees `s` is NULL or live.
+    unsafe {
+        read("seamless_status_to_json", s, ptr::null_mut(), |s| {
+            to_json(&s.status)
+        })
+    }
 }
 
 /// Frees a status. NULL is a no-op.
@@ -325,14 +360,8 @@ pub unsafe extern "C" fn seamless_status_to_json(s: *const seamless_status) -> *
 /// `s` is NULL or a `seamless_status` from this library not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn seamless_status_free(s: *mut seamless_status) {
-    guard_or("seamless_status_free", (), || {
-        if !s.is_null() {
-            // SAFETY: made by Box::into_raw in this library and not freed yet
-            // (the caller's contract).
-            drop(unsafe { Box::from_raw(s) });
-        }
-        Ok(())
-    })
+    // SAFETY: the caller guarantees `s` is NULL or not yet freed.
+    unsafe { free_box("seamless_status_free", s) }
 }
 
 /// Frees a string this library returned (`seamless_snapshot_to_json`,

@@ -142,18 +142,31 @@ fn check_commit_output(rig: &Rig, out: &Output, target: &str) -> serde_json::Val
     result
 }
 
+/// Starts writer `id`, builds examples/c/commit.c and runs it, through
+/// `runner` (e.g. valgrind) when given, to commit `id` to `<id>:1`.
+/// Returns what it printed and the target.
+fn run_c_example(rig: &Rig, id: &str, runner: &[&str]) -> (Output, String) {
+    start_writer(rig, id);
+    let exe = rig.tmp().join("commit");
+    build_c("examples/c/commit.c", &exe);
+    let target = rig.target(id, "1");
+    let mut cmd = match runner.split_first() {
+        Some((program, args)) => {
+            let mut c = with_prefix(Command::new(program));
+            c.args(args).arg(&exe);
+            c
+        }
+        None => with_prefix(Command::new(&exe)),
+    };
+    cmd.args(client_args(rig)).args([id, &target]);
+    (run_cmd(&mut cmd), target)
+}
+
 #[test]
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn c_example_commits_a_running_container() {
     let rig = Rig::new().expect("the rig (tests/rig/start.sh)");
-    start_writer(&rig, "c-writer");
-    let exe = rig.tmp().join("commit");
-    build_c("examples/c/commit.c", &exe);
-
-    let target = rig.target("c-writer", "1");
-    let mut cmd = with_prefix(Command::new(&exe));
-    cmd.args(client_args(&rig)).args(["c-writer", &target]);
-    let out = run_cmd(&mut cmd);
+    let (out, target) = run_c_example(&rig, "c-writer", &[]);
     check_commit_output(&rig, &out, &target);
 
     // The image holds the writer's data.
@@ -171,24 +184,16 @@ fn c_example_commits_a_running_container() {
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn c_example_is_clean_under_valgrind() {
     let rig = Rig::new().expect("the rig (tests/rig/start.sh)");
-    start_writer(&rig, "vg-writer");
-    let exe = rig.tmp().join("commit");
-    build_c("examples/c/commit.c", &exe);
-
-    let target = rig.target("vg-writer", "1");
-    let mut cmd = with_prefix(Command::new("valgrind"));
     // --child-silent-after-fork: the library's freeze watchdog is a forked
     // copy of this process that leaves with _exit; a leak report of the
     // parent's heap in that copy says nothing about the library.
-    cmd.args([
+    let valgrind = [
+        "valgrind",
         "--leak-check=full",
         "--error-exitcode=1",
         "--child-silent-after-fork=yes",
-    ])
-    .arg(&exe)
-    .args(client_args(&rig))
-    .args(["vg-writer", &target]);
-    let out = run_cmd(&mut cmd);
+    ];
+    let (out, target) = run_c_example(&rig, "vg-writer", &valgrind);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let summary = stderr
         .lines()
