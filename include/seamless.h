@@ -281,6 +281,29 @@ enum seamless_result seamless_client_new(const char *containerd_address,
                                          struct seamless_client **out);
 
 /**
+ * Like `seamless_client_new`, with the whole configuration as the JSON of
+ * the Rust `Config`; every field is optional and defaults as in Rust:
+ * `{"containerd_address": "...", "namespace": "...", "state_dir": "...",
+ * "capture_root": null, "freeze_timeout": {"secs": 2, "nanos": 0},
+ * "max_pause": {"secs": 10, "nanos": 0}, "docker_config": null,
+ * "push_retries": 4, "keep_failed": true, "background": {"mode":
+ * "in_process"}, "defaults": {...options as in
+ * seamless_commit_with_options...}}`.
+ *
+ * Ownership: `config_json` is only read during the call. On success `*out`
+ * is a new client owned by the caller: free it with `seamless_client_free`.
+ * Thread safety: any thread.
+ * On error: returns the code (`SEAMLESS_INVALID_ARGUMENT` for JSON that
+ * does not parse), sets the last error, leaves `*out` untouched.
+ *
+ * # Safety
+ * `config_json` is NULL or a NUL-terminated string; `out` is NULL or valid
+ * for a write of a pointer.
+ */
+enum seamless_result seamless_client_new_with_config(const char *config_json,
+                                                     struct seamless_client **out);
+
+/**
  * Frees a client. NULL is a no-op. Snapshots of this client whose
  * background build or push has not finished are stopped and marked failed.
  * Waits up to 5 seconds for the client's runtime threads to exit, so that

@@ -183,14 +183,57 @@ pub unsafe extern "C" fn seamless_client_new(
         if let Some(dir) = state_dir {
             config.state_dir = dir.into();
         }
-        let client = Box::new(seamless_client {
-            snapshotter: ContainerdSnapshotter::new(config)?,
-            pid: std::process::id(),
-        });
         // SAFETY: `out` is valid for a write (the caller's contract).
-        unsafe { out.write(Box::into_raw(client)) };
-        Ok(())
+        unsafe { create(config, out) }
     })
+}
+
+/// Like `seamless_client_new`, with the whole configuration as the JSON of
+/// the Rust `Config`; every field is optional and defaults as in Rust:
+/// `{"containerd_address": "...", "namespace": "...", "state_dir": "...",
+/// "capture_root": null, "freeze_timeout": {"secs": 2, "nanos": 0},
+/// "max_pause": {"secs": 10, "nanos": 0}, "docker_config": null,
+/// "push_retries": 4, "keep_failed": true, "background": {"mode":
+/// "in_process"}, "defaults": {...options as in
+/// seamless_commit_with_options...}}`.
+///
+/// Ownership: `config_json` is only read during the call. On success `*out`
+/// is a new client owned by the caller: free it with `seamless_client_free`.
+/// Thread safety: any thread.
+/// On error: returns the code (`SEAMLESS_INVALID_ARGUMENT` for JSON that
+/// does not parse), sets the last error, leaves `*out` untouched.
+///
+/// # Safety
+/// `config_json` is NULL or a NUL-terminated string; `out` is NULL or valid
+/// for a write of a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn seamless_client_new_with_config(
+    config_json: *const c_char,
+    out: *mut *mut seamless_client,
+) -> seamless_result {
+    guard("seamless_client_new_with_config", || {
+        // SAFETY: the caller guarantees NULL or NUL-terminated.
+        let json = unsafe { arg_str(config_json, "config_json") }?;
+        let out = Out::new(out, "out")?;
+        let config: Config = serde_json::from_str(json)
+            .map_err(|e| Error::InvalidArgument(format!("config_json: {e}")))?;
+        // SAFETY: `out` is valid for a write (the caller's contract).
+        unsafe { create(config, out) }
+    })
+}
+
+/// Creates the client of `config` in `*out`.
+///
+/// # Safety
+/// `out` came from [`Out::new`] on a pointer valid for a write.
+unsafe fn create(config: Config, out: Out<*mut seamless_client>) -> Result<(), Failure> {
+    let client = Box::new(seamless_client {
+        snapshotter: ContainerdSnapshotter::new(config)?,
+        pid: std::process::id(),
+    });
+    // SAFETY: the caller's contract on `out`.
+    unsafe { out.write(Box::into_raw(client)) };
+    Ok(())
 }
 
 /// Frees a client. NULL is a no-op. Snapshots of this client whose

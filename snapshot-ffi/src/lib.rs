@@ -23,9 +23,9 @@ mod objects;
 use std::ffi::c_char;
 
 pub use client::{
-    seamless_client, seamless_client_free, seamless_client_new, seamless_commit,
-    seamless_commit_with_options, seamless_commit_with_wait, seamless_get_status, seamless_list,
-    seamless_wait,
+    seamless_client, seamless_client_free, seamless_client_new, seamless_client_new_with_config,
+    seamless_commit, seamless_commit_with_options, seamless_commit_with_wait, seamless_get_status,
+    seamless_list, seamless_wait,
 };
 pub use error::{seamless_result, seamless_result_raw};
 pub use objects::{

@@ -300,6 +300,37 @@ fn core_errors_map_to_their_codes_and_leave_outputs_untouched() {
 }
 
 #[test]
+fn a_client_from_config_json() {
+    let state = tempfile::tempdir().unwrap();
+    let json = serde_json::json!({
+        "containerd_address": "/nonexistent/containerd.sock",
+        "state_dir": state.path(),
+        "max_pause": {"secs": 1, "nanos": 0},
+        "defaults": {"compression": "zstd"},
+    });
+    let json = CString::new(json.to_string()).unwrap();
+    let mut client = ptr::null_mut();
+    // SAFETY: a NUL-terminated string and a valid out pointer.
+    let r = unsafe { seamless_client_new_with_config(json.as_ptr(), &mut client) };
+    assert_eq!(r, seamless_result::SEAMLESS_OK, "{}", last_error());
+    assert!(state.path().exists());
+    // SAFETY: made just above, freed once.
+    unsafe { seamless_client_free(client) };
+
+    for bad in [
+        c"{\"push_retries\": \"x\"}",
+        c"{\"background\": {\"mode\": \"elsewhere\"}}",
+    ] {
+        let mut out = sentinel();
+        // SAFETY: a NUL-terminated string and a valid out pointer.
+        let r = unsafe { seamless_client_new_with_config(bad.as_ptr(), &mut out) };
+        assert_eq!(r, seamless_result::SEAMLESS_INVALID_ARGUMENT, "{bad:?}");
+        assert!(last_error().contains("config_json: "), "{}", last_error());
+        assert_eq!(out, sentinel());
+    }
+}
+
+#[test]
 fn options_json_that_does_not_parse_is_invalid_argument() {
     let client = Client::new();
     for json in [c"{", c"{\"compression\": \"lz4\"}", c"{\"labels\": 5}"] {
