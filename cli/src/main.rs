@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("seamless-snapshot: error: {e}");
+            eprintln!("seamless-snapshot: error: {}", e.full_message());
             eprintln!("  (kind: {}, code {})", e.kind(), e.kind().code());
             ExitCode::from(exit_code(&e))
         }

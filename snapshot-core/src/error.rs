@@ -287,6 +287,12 @@ impl Error {
         }
     }
 
+    /// The message followed by its whole cause chain (`outer: inner: ...`),
+    /// as the C ABI, the Python module and the CLI show it.
+    pub fn full_message(&self) -> String {
+        message_chain(self)
+    }
+
     /// Builds an [`Error::Io`] from an error and the path it concerns.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
@@ -304,6 +310,23 @@ impl Error {
     ) -> Self {
         Error::io(op, path, std::io::Error::from_raw_os_error(errno as i32))
     }
+}
+
+/// The whole cause chain of an error, `outer: inner: ...`. Sources whose
+/// text the message already contains are skipped: messages often embed
+/// their source (`"open /x: No such file or directory"`).
+pub(crate) fn message_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
 }
 
 /// Extension to attach an operation and a path to `std::io::Result`s.
@@ -346,6 +369,33 @@ mod tests {
         assert_eq!(ErrorKind::ContainerNotFound.code(), 1);
         assert_eq!(ErrorKind::Io.code(), 10);
         assert_eq!(ErrorKind::Busy.code(), 17);
+    }
+
+    #[test]
+    fn the_cause_chain_is_whole_without_repeats() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error, bool);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                if self.1 {
+                    write!(f, "open /x: {}", self.0)
+                } else {
+                    f.write_str("open /x")
+                }
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let inner = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let plain = message_chain(&Outer(inner(), false));
+        assert_eq!(plain, format!("open /x: {}", inner()));
+        let embedded = message_chain(&Outer(inner(), true));
+        assert_eq!(embedded, plain);
+        let io = Error::io("open", "/y", inner());
+        assert_eq!(io.full_message(), format!("open /y: {}", inner()));
     }
 
     #[test]

@@ -103,6 +103,18 @@ impl ContainerdSnapshotter {
             .ok_or_else(|| Error::Internal("runtime already shut down".into()))
     }
 
+    /// Drops the implementation like `drop`, but first waits up to `timeout`
+    /// for its runtime's threads to exit, so that none of them still runs
+    /// library code afterwards (a C caller may unload the library next).
+    /// A blocking step in progress (a layer build) is not interrupted; past
+    /// `timeout` it is left to end in the background, as on drop.
+    pub fn shutdown(mut self, timeout: Duration) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(timeout);
+        }
+        // Drop marks the in-process jobs that did not finish as failed.
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &Config {
         &self.config

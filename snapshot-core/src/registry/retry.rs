@@ -84,16 +84,7 @@ pub(super) fn classify(e: &OciDistributionError) -> Class {
 /// The error and its sources on one line, bounded (registries may answer
 /// with whole HTML pages).
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let m = src.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = src.source();
-    }
+    let mut s = crate::error::message_chain(e);
     const MAX: usize = 600;
     if s.len() > MAX {
         let mut cut = MAX;

@@ -1,0 +1,3 @@
+module example/seamless
+
+go 1.19
