@@ -478,6 +478,61 @@ impl Rig {
     }
 }
 
+/// A container script that counts in `/data/counter` every 5 ms, so a test
+/// can tell whether the container runs ([`Rig::read_counter`]).
+pub const COUNTER: &str =
+    "i=0; while true; do i=$((i+1)); echo $i > /data/counter; usleep 5000; done";
+
+impl Rig {
+    /// Starts container `id` running [`COUNTER`] and waits until it counts.
+    pub fn start_counter(&self, id: &str) {
+        self.run_container(id, COUNTER);
+        wait_until(Duration::from_secs(10), || self.read_counter(id) > 10)
+            .unwrap_or_else(|_| panic!("container {id} does not count"));
+    }
+
+    /// Panics unless container `id` (running [`COUNTER`]) keeps counting.
+    pub fn assert_counting(&self, id: &str) {
+        let before = self.read_counter(id);
+        wait_until(Duration::from_secs(10), || {
+            self.read_counter(id) > before + 5
+        })
+        .unwrap_or_else(|_| panic!("container {id} does not run"));
+    }
+
+    /// Starts `seamless-snapshot commit --json` of container `id` to
+    /// `target`, with a debug-build fault hold `(variable, milliseconds)`,
+    /// stdout and stderr piped.
+    pub fn spawn_commit(
+        &self,
+        id: &str,
+        target: &str,
+        fault: Option<(&str, u64)>,
+    ) -> std::process::Child {
+        let mut cmd = self.cli();
+        cmd.args(["commit", "--container", id, "--target", target, "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some((var, ms)) = fault {
+            cmd.env(var, ms.to_string());
+        }
+        cmd.spawn().expect("spawn the CLI")
+    }
+
+    /// Waits until `cgroup` is frozen by the commit `child`; panics if the
+    /// child exits first or nothing freezes within a minute.
+    pub fn wait_frozen_by(&self, cgroup: &CgroupFiles, child: &mut std::process::Child) {
+        let frozen = wait_until(Duration::from_secs(60), || {
+            cgroup.is_frozen() || child.try_wait().ok().flatten().is_some()
+        });
+        if child.try_wait().ok().flatten().is_some() {
+            panic!("the CLI exited before the container was frozen");
+        }
+        assert!(frozen.is_ok(), "the container was never frozen");
+    }
+}
+
 /// Polls `f` every 20 ms until it returns true; `Err(elapsed)` on timeout.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<Duration, Duration> {
     let start = Instant::now();

@@ -1,39 +1,22 @@
 //! Integration tests of the `seamless-snapshot` CLI against the rig.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use seamless_snapshot::{ContainerdSnapshotter, ErrorKind, SeamlessSnapshot};
 use seamless_snapshot_tests::{Rig, check_cmd, run_cmd, wait_until};
 
-const WRITER: &str = "i=0; while true; do i=$((i+1)); echo $i > /data/counter; usleep 5000; done";
+const HOLD_FROZEN: &str = "SEAMLESS_FAULT_HOLD_FROZEN_MS";
 
 #[test]
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn sigkill_in_frozen_window_thaws() {
     let rig = Rig::new();
-    rig.run_container("victim", WRITER);
-    wait_until(Duration::from_secs(10), || rig.read_counter("victim") > 10).unwrap();
+    rig.start_counter("victim");
     let cgroup = rig.cgroup("victim");
-
-    let mut cmd = rig.cli();
-    cmd.args(["commit", "--container", "victim", "--target"])
-        .arg(rig.target("killed", "1"))
-        .arg("--json")
-        .env("SEAMLESS_FAULT_HOLD_FROZEN_MS", "30000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().expect("spawn the CLI");
+    let target = rig.target("killed", "1");
+    let mut child = rig.spawn_commit("victim", &target, Some((HOLD_FROZEN, 30_000)));
     let pid = child.id();
-
-    let frozen = wait_until(Duration::from_secs(60), || {
-        cgroup.is_frozen() || child.try_wait().ok().flatten().is_some()
-    });
-    if child.try_wait().unwrap().is_some() {
-        panic!("the CLI exited before the container was frozen");
-    }
-    assert!(frozen.is_ok(), "the container was never frozen");
+    rig.wait_frozen_by(&cgroup, &mut child);
     // Frozen: kill the committer right there.
     let killed_at = Instant::now();
     nix::sys::signal::kill(
@@ -51,19 +34,14 @@ fn sigkill_in_frozen_window_thaws() {
     }
     eprintln!("thawed within {after:?} of the SIGKILL");
     assert_eq!(rig.task_status("victim").as_deref(), Some("RUNNING"));
-    let before = rig.read_counter("victim");
-    wait_until(Duration::from_secs(10), || {
-        rig.read_counter("victim") > before + 10
-    })
-    .expect("the container does not run after the thaw");
+    rig.assert_counting("victim");
 }
 
 #[test]
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn commit_without_wait_completes_via_cli() {
     let rig = Rig::new();
-    rig.run_container("bg", WRITER);
-    wait_until(Duration::from_secs(10), || rig.read_counter("bg") > 10).unwrap();
+    rig.start_counter("bg");
     let target = rig.target("bg", "1");
 
     let out =
@@ -105,32 +83,29 @@ fn commit_without_wait_completes_via_cli() {
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn concurrent_commit_is_busy_and_a_foreign_freeze_is_left_alone() {
     let rig = Rig::new();
-    rig.run_container("guarded", WRITER);
-    wait_until(Duration::from_secs(10), || rig.read_counter("guarded") > 10).unwrap();
+    rig.start_counter("guarded");
     let cgroup = rig.cgroup("guarded");
 
     // A first commit holds the container frozen for a while.
-    let mut cmd = rig.cli();
-    cmd.args(["commit", "--container", "guarded", "--target"])
-        .arg(rig.target("guarded", "1"))
-        .arg("--json")
-        .env("SEAMLESS_FAULT_HOLD_FROZEN_MS", "3000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut first = cmd.spawn().expect("spawn the CLI");
-    wait_until(Duration::from_secs(60), || {
-        cgroup.is_frozen() || first.try_wait().ok().flatten().is_some()
-    })
-    .expect("the first commit never froze the container");
+    let target = rig.target("guarded", "1");
+    let mut first = rig.spawn_commit("guarded", &target, Some((HOLD_FROZEN, 3000)));
+    rig.wait_frozen_by(&cgroup, &mut first);
 
-    // A second commit of the same container is refused while it lasts:
-    // its thaw would end the first one's window early.
+    // A second commit of the same container is refused while it lasts (its
+    // thaw would end the first one's window early), from the same state
+    // directory and from another one alike.
     let snap = ContainerdSnapshotter::new(rig.config()).unwrap();
     let err = snap
         .commit("guarded", &rig.target("guarded", "2"))
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+    let mut elsewhere = rig.config();
+    elsewhere.state_dir = rig.new_dir("other-state");
+    let err = ContainerdSnapshotter::new(elsewhere)
+        .unwrap()
+        .commit("guarded", &rig.target("guarded", "2"))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Busy, "another state dir: {err}");
     let out = first.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -148,9 +123,5 @@ fn concurrent_commit_is_busy_and_a_foreign_freeze_is_left_alone() {
     cgroup.thaw();
     assert_eq!(err.kind(), ErrorKind::ContainerNotRunning, "{err}");
     assert!(still_frozen, "a foreign freeze was undone");
-    let before = rig.read_counter("guarded");
-    wait_until(Duration::from_secs(10), || {
-        rig.read_counter("guarded") > before + 5
-    })
-    .expect("the container does not run after the thaw");
+    rig.assert_counting("guarded");
 }

@@ -1,37 +1,16 @@
 //! Someone else touching the container's freezer around a commit (issue 8,
 //! item 2): a pause made during the pre-copy is left in place and the commit
 //! refused; a thaw from outside inside the frozen window discards the
-//! capture; committers with different state directories still exclude each
-//! other.
+//! capture. Committers with different state directories excluding each
+//! other: `cli.rs`, `concurrent_commit_is_busy_and_a_foreign_freeze_is_left_alone`.
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use seamless_snapshot::{ContainerdSnapshotter, ErrorKind, SeamlessSnapshot};
 use seamless_snapshot_tests::{Rig, run_cmd, wait_until};
 
-const WRITER: &str = "i=0; while true; do i=$((i+1)); echo $i > /data/counter; usleep 5000; done";
-
-/// Starts a CLI commit of `id` with a debug-build fault hold (`var` = ms).
-fn spawn_commit(rig: &Rig, id: &str, tag: &str, var: &str, ms: u64) -> Child {
-    let mut cmd = rig.cli();
-    cmd.args(["commit", "--container", id, "--target"])
-        .arg(rig.target(id, tag))
-        .arg("--json")
-        .env(var, ms.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().expect("spawn the CLI")
-}
-
-fn assert_runs(rig: &Rig, id: &str) {
-    let before = rig.read_counter(id);
-    wait_until(Duration::from_secs(10), || {
-        rig.read_counter(id) > before + 5
-    })
-    .unwrap_or_else(|_| panic!("container {id} does not run"));
-}
+const HOLD_FROZEN: &str = "SEAMLESS_FAULT_HOLD_FROZEN_MS";
+const HOLD_BEFORE_FREEZE: &str = "SEAMLESS_FAULT_HOLD_BEFORE_FREEZE_MS";
 
 /// Capture directories of this test's jobs that still exist: inside the job
 /// directories, or next to containerd's snapshots (where they go when the
@@ -56,16 +35,11 @@ fn leftover_captures(rig: &Rig) -> Vec<std::path::PathBuf> {
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn a_thaw_from_outside_inside_the_window_discards_the_capture() {
     let rig = Rig::new();
-    rig.run_container("thawed", WRITER);
-    wait_until(Duration::from_secs(10), || rig.read_counter("thawed") > 10).unwrap();
+    rig.start_counter("thawed");
     let cgroup = rig.cgroup("thawed");
-
-    let mut child = spawn_commit(&rig, "thawed", "1", "SEAMLESS_FAULT_HOLD_FROZEN_MS", 3000);
-    wait_until(Duration::from_secs(60), || {
-        cgroup.is_frozen() || child.try_wait().ok().flatten().is_some()
-    })
-    .expect("the commit never froze the container");
-    assert!(child.try_wait().unwrap().is_none(), "the CLI exited early");
+    let target = rig.target("thawed", "1");
+    let mut child = rig.spawn_commit("thawed", &target, Some((HOLD_FROZEN, 3000)));
+    rig.wait_frozen_by(&cgroup, &mut child);
 
     // containerd's own resume refuses (its shim thinks the task runs);
     // whatever it does, a tool writing the freezer file directly (runc
@@ -77,7 +51,7 @@ fn a_thaw_from_outside_inside_the_window_discards_the_capture() {
         String::from_utf8_lossy(&ctr.stderr).trim()
     );
     cgroup.thaw();
-    assert_runs(&rig, "thawed");
+    rig.assert_counting("thawed");
 
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -113,17 +87,10 @@ fn a_thaw_from_outside_inside_the_window_discards_the_capture() {
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn a_pause_during_the_precopy_is_left_in_place() {
     let rig = Rig::new();
-    rig.run_container("paused", WRITER);
-    wait_until(Duration::from_secs(10), || rig.read_counter("paused") > 10).unwrap();
+    rig.start_counter("paused");
     let cgroup = rig.cgroup("paused");
-
-    let mut child = spawn_commit(
-        &rig,
-        "paused",
-        "1",
-        "SEAMLESS_FAULT_HOLD_BEFORE_FREEZE_MS",
-        3000,
-    );
+    let target = rig.target("paused", "1");
+    let mut child = rig.spawn_commit("paused", &target, Some((HOLD_BEFORE_FREEZE, 3000)));
     // The job exists once the pre-copy has started; the pre-copy of this
     // small layer ends well within the hold.
     let jobs = rig.state_dir().join("jobs");
@@ -145,37 +112,5 @@ fn a_pause_during_the_precopy_is_left_in_place() {
     assert_eq!(still_paused.as_deref(), Some("PAUSED"));
     assert!(still_frozen, "the outside pause was undone");
     assert_eq!(leftover_captures(&rig), Vec::<std::path::PathBuf>::new());
-    assert_runs(&rig, "paused");
-}
-
-#[test]
-#[ignore = "needs root and the test rig (tests/run.sh)"]
-fn committers_with_different_state_dirs_exclude_each_other() {
-    let rig = Rig::new();
-    rig.run_container("shared", WRITER);
-    wait_until(Duration::from_secs(10), || rig.read_counter("shared") > 10).unwrap();
-    let cgroup = rig.cgroup("shared");
-
-    let mut first = spawn_commit(&rig, "shared", "1", "SEAMLESS_FAULT_HOLD_FROZEN_MS", 3000);
-    wait_until(Duration::from_secs(60), || {
-        cgroup.is_frozen() || first.try_wait().ok().flatten().is_some()
-    })
-    .expect("the first commit never froze the container");
-
-    let mut other = rig.config();
-    other.state_dir = rig.new_dir("other-state");
-    let snap = ContainerdSnapshotter::new(other).unwrap();
-    let err = snap
-        .commit("shared", &rig.target("shared", "2"))
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
-
-    let out = first.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "first commit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!cgroup.is_frozen());
-    assert_runs(&rig, "shared");
+    rig.assert_counting("paused");
 }

@@ -159,15 +159,9 @@ impl Copier {
     }
 
     fn copy_regular(&mut self, ctx: &Ctx, src: &Source<'_>, prog: &mut Prog<'_>) -> FResult<u64> {
-        let Source {
-            parent,
-            name,
-            rel,
-            meta,
-            atime,
-        } = *src;
+        let (rel, meta) = (src.rel, src.meta);
         let up = || ctx.up(rel);
-        let p = open_path(parent, name).src("open", up)?;
+        let p = open_path(src.parent, src.name).src("open", up)?;
         let st = fstat(&p).src("stat", up)?;
         let (now, _) = Meta::from_stat(&st);
         if now.fmt() != libc::S_IFREG || now.key() != meta.key() {
@@ -191,7 +185,7 @@ impl Copier {
             &XRef::Fd(f.as_fd()),
             &Dst::Fd(d.as_fd()),
             meta,
-            atime,
+            src.atime,
             true,
         )?;
         Ok(n)
