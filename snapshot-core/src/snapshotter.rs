@@ -13,18 +13,18 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
 use crate::SeamlessSnapshot;
-use crate::capture::Capture;
+use crate::capture::{Capture, MappedFiles};
 use crate::config::{BackgroundMode, CommitOptions, Config};
 use crate::containerd::{self, ContainerdClient};
 use crate::error::{Error, IoContext, Result};
 use crate::freeze;
 use crate::job::{self, JobSpec, StatusWriter};
-use crate::procfs::maps as mappings;
 use crate::registry;
 use crate::result::SnapshotResult;
 use crate::state::{self, StatusStore, ensure_private_dir, lock_file, try_lock_dir};
@@ -348,17 +348,24 @@ impl ContainerdSnapshotter {
         pid: u32,
         writer: &StatusWriter,
     ) -> Result<(Capture, freeze::PauseTiming, chrono::DateTime<Utc>)> {
-        // Pre-copy: the bulk of the data, while the container runs.
-        let mut capture = Capture::new(upper, dest)?;
-        let pre = capture.precopy(&mut |done| writer.progress(done, 0))?;
-        tracing::debug!(entries = pre.entries, bytes = pre.bytes_copied, took = ?pre.duration, "pre-copy done");
-
-        // Looked up before the freeze, to keep the window short: the test-only
-        // fault hold, and the device of the container's root overlay as its
-        // memory maps show it.
-        let hold = fault_hold(FAULT_HOLD_FROZEN);
+        // The files the container maps shared-writable, on either device
+        // its memory maps may show them with (the root overlay's, or the
+        // upper dir's filesystem's on kernels before 6.8).
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         let root_dev = std::fs::metadata(&root).at("stat", &root)?.dev();
+        let upper_dev = std::fs::metadata(upper).at("stat", upper)?.dev();
+        let mut mapped = MappedFiles::new(root_dev, upper_dev);
+
+        // Pre-copy: the bulk of the data, while the container runs, with the
+        // mappings sampled all along.
+        let mut capture = Capture::new(upper, dest)?;
+        let pre = sampling_mappings(freezer.path(), &mut mapped, || {
+            capture.precopy(&mut |done| writer.progress(done, 0))
+        })?;
+        tracing::debug!(entries = pre.entries, bytes = pre.bytes_copied, took = ?pre.duration, "pre-copy done");
+
+        // Looked up before the freeze, to keep the window short.
+        let hold = fault_hold(FAULT_HOLD_FROZEN);
 
         // The pre-copy may have taken minutes: if someone paused the
         // container meanwhile, leave their pause alone (our thaw would undo
@@ -377,9 +384,11 @@ impl ContainerdSnapshotter {
                 let at = Utc::now();
                 // The container's processes, stable while frozen.
                 let pids = freeze::pids_below(freezer.path())?;
-                // Files written through shared mappings may have changed
-                // without a trace in their stat: copy them again.
-                capture.force_recopy(mappings::shared_writable_files(&pids, root_dev));
+                // Files written through shared mappings, now or ever since
+                // the pre-copy began, may have changed without a trace in
+                // their stat: copy them again.
+                mapped.sample(&pids);
+                capture.force_recopy(mapped.files());
                 // Bring the copy to the exact state of this instant.
                 let stats = capture.sync_frozen()?;
                 if let Some(h) = hold {
@@ -470,6 +479,37 @@ fn fault_hold(var: &str) -> Option<Duration> {
             None
         }
     }
+}
+
+/// How often the mappings of the container's processes are sampled during
+/// the pre-copy.
+const MAPPINGS_SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Runs `f` while another thread samples, every
+/// [`MAPPINGS_SAMPLE_INTERVAL`], the shared-writable mappings of the
+/// processes in `cgroup` into `mapped`: a file mapped, written and unmapped
+/// again during the pre-copy is still known in the frozen window.
+fn sampling_mappings<T>(cgroup: &Path, mapped: &mut MappedFiles, f: impl FnOnce() -> T) -> T {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                // A cgroup that cannot be read now is read again next time;
+                // the window's own sample is the one that must succeed.
+                if let Ok(pids) = freeze::pids_below(cgroup) {
+                    mapped.sample(&pids);
+                }
+                std::thread::park_timeout(MAPPINGS_SAMPLE_INTERVAL);
+            }
+        });
+        let out = f();
+        stop.store(true, Ordering::Relaxed);
+        sampler.thread().unpark();
+        if sampler.join().is_err() {
+            tracing::warn!("the mappings sampler panicked");
+        }
+        out
+    })
 }
 
 /// Refuses a container whose cgroup is frozen (or freezing): someone else

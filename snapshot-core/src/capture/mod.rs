@@ -21,6 +21,7 @@
 mod copier;
 mod dest;
 mod fail;
+mod mapped;
 mod meta;
 mod paths;
 mod precopy;
@@ -29,7 +30,7 @@ mod sync;
 mod tests;
 mod walk;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
@@ -42,6 +43,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::sys::fs::{open_dir, proc_fd_available};
 use crate::types::CaptureStrategy;
 use copier::Copier;
+pub(crate) use mapped::{Forced, MappedFiles};
 use meta::Rec;
 use paths::Ctx;
 
@@ -73,7 +75,7 @@ pub(crate) struct Capture {
     copier: Copier,
     totals: (u64, u64),
     /// Regular files the next sync re-copies whatever their stat says.
-    forced: HashSet<Vec<u8>>,
+    forced: Forced,
 }
 
 impl std::fmt::Debug for Capture {
@@ -108,7 +110,7 @@ impl Capture {
             gen_: 0,
             copier: Copier::new(dest),
             totals: (0, 0),
-            forced: HashSet::new(),
+            forced: Forced::default(),
         })
     }
 
@@ -121,12 +123,12 @@ impl Capture {
         precopy::precopy(self, progress)
     }
 
-    /// Marks regular files (paths relative to the upper dir) that the next
-    /// [`Self::sync_frozen`] re-copies even when their stat is unchanged: files
-    /// mapped shared-writable by the container, whose writes to already-dirty
-    /// pages change neither mtime nor ctime.
-    pub(crate) fn force_recopy(&mut self, paths: impl IntoIterator<Item = Vec<u8>>) {
-        self.forced.extend(paths);
+    /// Marks regular files that the next [`Self::sync_frozen`] re-copies
+    /// even when their stat is unchanged: files mapped shared-writable by the
+    /// container, whose writes to already-dirty pages change neither mtime
+    /// nor ctime (see [`MappedFiles`]).
+    pub(crate) fn force_recopy(&mut self, files: &Forced) {
+        self.forced.extend(files);
     }
 
     /// Phase 2, container frozen: walks the upper dir, re-copies entries that

@@ -33,7 +33,7 @@ use super::fail::Fail;
 use super::meta::{Meta, Rec, now_ns};
 use super::paths::{Ctx, parent_rel};
 use super::walk::{Entry, Visit, walk};
-use super::{Capture, PhaseStats};
+use super::{Capture, Forced, PhaseStats};
 use crate::error::{Error, IoContext, Result};
 use crate::sys::fs::{open_beneath, open_subdir};
 use crate::sys::xattr::XRef;
@@ -122,7 +122,7 @@ fn find_changes(c: &mut Capture) -> Result<(Vec<Item>, u64)> {
 /// The sync visitor: only compares; copying happens after the walk.
 struct Collect<'a> {
     recs: &'a mut HashMap<Vec<u8>, Rec>,
-    forced: &'a HashSet<Vec<u8>>,
+    forced: &'a Forced,
     gen_: u32,
     work: Vec<Item>,
     /// Clean multiply-linked paths: dirty after all if their inode is.
@@ -137,7 +137,8 @@ impl Collect<'_> {
         let dirty = match self.recs.get_mut(rel) {
             Some(r) => {
                 r.seen = self.gen_;
-                !r.clean(&meta) || (meta.fmt() == libc::S_IFREG && self.forced.contains(rel))
+                !r.clean(&meta)
+                    || (meta.fmt() == libc::S_IFREG && self.forced.contains(rel, meta.ino))
             }
             None => true,
         };

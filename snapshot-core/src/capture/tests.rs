@@ -627,7 +627,7 @@ fn forced_recopy_catches_writes_through_shared_mappings() {
         m.write(1, b'2');
     }
     std::thread::sleep(Duration::from_millis(120));
-    c.force_recopy([b"forced".to_vec()]);
+    c.force_recopy(&Forced::paths([b"forced".to_vec()]));
     c.sync_frozen().unwrap();
     assert_eq!(
         std::fs::read(dest.join("forced")).unwrap(),
@@ -643,6 +643,38 @@ fn forced_recopy_catches_writes_through_shared_mappings() {
     }
     // The hint is used once.
     c.sync_frozen().unwrap();
+}
+
+/// Kernels before 6.8 show a file mapped through overlayfs with the upper
+/// filesystem's device and inode: found through the process's own maps as
+/// such a kernel would show them, the file is re-copied by inode.
+#[test]
+#[ignore = "needs root"]
+fn mapped_files_found_by_upper_inode_are_recopied() {
+    let t = tempfile::tempdir().unwrap();
+    let u = t.path().join("upper");
+    std::fs::create_dir_all(u.join("data")).unwrap();
+    let file = u.join("data/mapped");
+    std::fs::write(&file, vec![b'a'; 4096]).unwrap();
+    let map = SharedMap::new(&file, 4096);
+    map.write(0, b'1');
+    std::thread::sleep(Duration::from_millis(120));
+    let dest = t.path().join("cap");
+    let mut c = Capture::new(&u, &dest).unwrap();
+    c.precopy(&mut |_| {}).unwrap();
+    map.write(1, b'2');
+    std::thread::sleep(Duration::from_millis(120));
+    // No overlay here: the "overlay" device matches nothing, the upper
+    // filesystem's is that of the temporary directory.
+    let upper_dev = std::fs::metadata(&u).unwrap().dev();
+    let mut mapped = MappedFiles::new(u64::MAX, upper_dev);
+    mapped.sample(&std::collections::HashSet::from([std::process::id()]));
+    c.force_recopy(mapped.files());
+    c.sync_frozen().unwrap();
+    assert_eq!(
+        std::fs::read(dest.join("data/mapped")).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
 }
 
 #[test]
