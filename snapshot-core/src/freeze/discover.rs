@@ -16,6 +16,7 @@ use super::v2::{CgroupV2Freezer, V2_FREEZE};
 use crate::error::{Error, IoContext, Result};
 use crate::procfs::cgroup::{parse_proc_cgroup, v1_freezer_path, v2_path};
 use crate::procfs::mountinfo::{self, Mount};
+use crate::procfs::stat::is_live;
 
 /// Whether `path` is `/`, i.e. a hierarchy's root cgroup.
 fn is_root_cgroup(path: &str) -> bool {
@@ -163,8 +164,9 @@ pub(crate) fn freezer_for_pids(init: u32, pids: &[u32]) -> Result<Box<dyn Freeze
         let missing: Vec<u32> = pids
             .iter()
             .copied()
-            // A process that exited meanwhile is no concern.
-            .filter(|p| !inside.contains(p) && Path::new(&format!("/proc/{p}")).exists())
+            // A process that exited meanwhile (gone, or a zombie not yet
+            // reaped: it has left its cgroup already) is no concern.
+            .filter(|p| !inside.contains(p) && is_live(*p))
             .collect();
         if missing.is_empty() {
             return Ok(freezer);

@@ -24,10 +24,26 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
     numeric_field(stat, 22)
 }
 
+/// The state letter of a stat line (field 3: `R`, `S`, `Z`, ...).
+fn parse_state(stat: &str) -> Option<char> {
+    let state = fields_after_comm(stat)?.next()?;
+    let mut chars = state.chars();
+    let c = chars.next()?;
+    chars.next().is_none().then_some(c)
+}
+
+/// Whether process `pid` exists and has not exited: a zombie (`Z`, exited
+/// but not yet reaped by its parent) or a dead task (`X`) has left its
+/// cgroup already, so it is no part of what a freeze must stop.
+pub(crate) fn is_live(pid: u32) -> bool {
+    read(pid)
+        .as_deref()
+        .and_then(parse_state)
+        .is_some_and(|s| s != 'Z' && s != 'X')
+}
+
 /// The start time of process `pid` in clock ticks since boot, `None` when it
 /// does not exist (any more) or its stat cannot be read.
-// The status store's worker check switches from its own copy to this one
-// when it moves; until then only the tests use it.
 pub(crate) fn process_start_ticks(pid: u32) -> Option<u64> {
     parse_start_ticks(&read(pid)?)
 }
@@ -60,6 +76,27 @@ mod tests {
         assert_eq!(numeric_field(stat, 2), None);
         assert_eq!(parse_start_ticks("4242 (no closing paren S 1"), None);
         assert_eq!(parse_start_ticks("4242 (short) S 1 2"), None);
+        assert_eq!(parse_state(stat), Some('S'));
+        assert_eq!(parse_state("7 (a) Z) Z 1"), Some('Z'));
+        assert_eq!(parse_state("7 (a) "), None);
+    }
+
+    #[test]
+    fn a_zombie_is_not_live() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: once it has exited it stays a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while read(pid).as_deref().and_then(parse_state) != Some('Z') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child never became a zombie"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        assert!(!is_live(pid), "a zombie counted as live");
+        child.wait().unwrap();
     }
 
     #[test]
@@ -70,5 +107,7 @@ mod tests {
         assert!(process_cpu_ticks(me).is_some());
         // pid_max is at most 2^22: this pid never exists.
         assert_eq!(process_start_ticks(u32::MAX), None);
+        assert!(is_live(me));
+        assert!(!is_live(u32::MAX));
     }
 }
