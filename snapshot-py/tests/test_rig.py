@@ -246,3 +246,20 @@ def test_client_works_after_fork(rig):
     r = client.commit_with_wait("parent", rig.target("parent", "2"), timeout=PUSH_TIMEOUT)
     assert r.manifest_digest
     assert {s.container_id for s in client.list()} == {"parent", "child"}
+
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python", "commit.py")
+
+
+def test_example_commits_and_prints_the_result(rig):
+    rig.run_container("ex")
+    target = rig.target("ex", "1")
+    p = subprocess.run(
+        [sys.executable, EXAMPLE, "ex", target, "--address", rig.containerd,
+         "--namespace", rig.ns, "--state-dir", str(rig.state_dir), "--timeout", str(PUSH_TIMEOUT)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PUSH_TIMEOUT + 60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "completed" in p.stderr, "no progress line"
+    digest = rig.inspect(target)["Digest"]
+    assert f"pushed {target}@{digest}" in p.stdout
