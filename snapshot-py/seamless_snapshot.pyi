@@ -148,8 +148,8 @@ class SeamlessSnapshot:
 
     def __init__(
         self,
-        address: str = ...,
-        namespace: str = ...,
+        address: str = "/run/containerd/containerd.sock",
+        namespace: str = "default",
         state_dir: Optional[_Path] = None,
         *,
         docker_config: Optional[_Path] = None,
@@ -220,7 +220,6 @@ class SeamlessSnapshot:
         author: Optional[str] = None,
         insecure_registries: Optional[Sequence[str]] = None,
     ) -> SnapshotResult: ...
-    async def get_status_async(self, snapshot_id: str) -> SnapshotStatus: ...
     async def wait_async(
         self, snapshot_id: str, timeout: Optional[_Seconds] = None
     ) -> SnapshotStatus: ...

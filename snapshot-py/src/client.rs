@@ -410,16 +410,6 @@ impl Client {
         to_thread(slf, "commit_with_wait", args, kwargs)
     }
 
-    /// :meth:`get_status` as a coroutine (``asyncio.to_thread``).
-    #[pyo3(signature = (*args, **kwargs))]
-    fn get_status_async<'py>(
-        slf: &Bound<'py, Self>,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        to_thread(slf, "get_status", args, kwargs)
-    }
-
     /// :meth:`wait` as a coroutine (``asyncio.to_thread``).
     #[pyo3(signature = (*args, **kwargs))]
     fn wait_async<'py>(

@@ -49,6 +49,53 @@ fn reduce<'py, T: Serialize>(
     Ok((from_dict, (to_dict(py, value)?,)))
 }
 
+/// Defines a frozen pyclass `$name` (Python name `$py_name`) wrapping `$inner`,
+/// with `From<$inner>`, value equality, and the methods every value class
+/// has (`to_dict`, `from_dict`, `__reduce__`) next to its own `$methods`.
+macro_rules! value_class {
+    (
+        $(#[$doc:meta])*
+        $name:ident($inner:ty) as $py_name:literal;
+        $($methods:tt)*
+    ) => {
+        $(#[$doc])*
+        #[pyclass(name = $py_name, module = "seamless_snapshot", frozen, eq)]
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name {
+            inner: $inner,
+        }
+
+        impl From<$inner> for $name {
+            fn from(inner: $inner) -> Self {
+                $name { inner }
+            }
+        }
+
+        #[pymethods]
+        impl $name {
+            $($methods)*
+
+            /// This value as a JSON-compatible dict, the same as the CLI's
+            /// ``--json`` (durations in seconds, timestamps RFC 3339 strings).
+            fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+                to_dict(py, &self.inner)
+            }
+
+            /// Builds a value from a dict shaped like :meth:`to_dict`'s.
+            #[classmethod]
+            fn from_dict(_cls: &Bound<'_, PyType>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
+                from_dict(data).map(|inner| $name { inner })
+            }
+
+            fn __reduce__<'py>(
+                slf: &Bound<'py, Self>,
+            ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
+                reduce(slf.as_any(), &slf.get().inner)
+            }
+        }
+    };
+}
+
 /// The repr shared by all classes: `Name(field=value, ...)` of a few fields.
 fn repr(name: &str, fields: &[(&str, String)]) -> String {
     let inner: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -64,22 +111,10 @@ fn state_name(state: SnapshotState) -> String {
     state.to_string()
 }
 
-/// What a commit returned: the capture, and with ``commit_with_wait`` the
-/// pushed image too. Immutable; picklable; compares by value.
-#[pyclass(name = "SnapshotResult", module = "seamless_snapshot", frozen, eq)]
-#[derive(Debug, Clone, PartialEq)]
-pub struct PySnapshotResult {
-    inner: SnapshotResult,
-}
-
-impl From<SnapshotResult> for PySnapshotResult {
-    fn from(inner: SnapshotResult) -> Self {
-        PySnapshotResult { inner }
-    }
-}
-
-#[pymethods]
-impl PySnapshotResult {
+value_class! {
+    /// What a commit returned: the capture, and with ``commit_with_wait`` the
+    /// pushed image too. Immutable; picklable; compares by value.
+    PySnapshotResult(SnapshotResult) as "SnapshotResult";
     /// The snapshot's id, for ``get_status`` and ``wait``.
     #[getter]
     fn snapshot_id(&self) -> &str {
@@ -173,23 +208,8 @@ impl PySnapshotResult {
         self.inner.layer.clone().map(PyLayerInfo::from)
     }
 
-    /// The result as a JSON-compatible dict (durations in seconds,
-    /// timestamps as RFC 3339 strings), as the CLI prints with ``--json``.
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        to_dict(py, &self.inner)
-    }
 
-    /// Builds a result from a dict shaped like :meth:`to_dict`'s.
-    #[classmethod]
-    fn from_dict(_cls: &Bound<'_, PyType>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
-        from_dict(data).map(|inner| Self { inner })
-    }
 
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
-        reduce(slf.as_any(), &slf.get().inner)
-    }
 
     fn __repr__(&self) -> String {
         let r = &self.inner;
@@ -217,22 +237,10 @@ fn json_name<T: Serialize>(py: Python<'_>, value: &T) -> PyResult<String> {
     }
 }
 
-/// The status of a snapshot, as ``get_status`` and ``wait`` return it.
-/// Immutable; picklable; compares by value.
-#[pyclass(name = "SnapshotStatus", module = "seamless_snapshot", frozen, eq)]
-#[derive(Debug, Clone, PartialEq)]
-pub struct PySnapshotStatus {
-    inner: SnapshotStatus,
-}
-
-impl From<SnapshotStatus> for PySnapshotStatus {
-    fn from(inner: SnapshotStatus) -> Self {
-        PySnapshotStatus { inner }
-    }
-}
-
-#[pymethods]
-impl PySnapshotStatus {
+value_class! {
+    /// The status of a snapshot, as ``get_status`` and ``wait`` return it.
+    /// Immutable; picklable; compares by value.
+    PySnapshotStatus(SnapshotStatus) as "SnapshotStatus";
     /// The snapshot id.
     #[getter]
     fn snapshot_id(&self) -> &str {
@@ -324,22 +332,8 @@ impl PySnapshotStatus {
         self.inner.updated_at
     }
 
-    /// The status as a JSON-compatible dict, as the CLI prints with ``--json``.
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        to_dict(py, &self.inner)
-    }
 
-    /// Builds a status from a dict shaped like :meth:`to_dict`'s.
-    #[classmethod]
-    fn from_dict(_cls: &Bound<'_, PyType>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
-        from_dict(data).map(|inner| Self { inner })
-    }
 
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
-        reduce(slf.as_any(), &slf.get().inner)
-    }
 
     fn __repr__(&self) -> String {
         let s = &self.inner;
@@ -354,22 +348,10 @@ impl PySnapshotStatus {
     }
 }
 
-/// How long each phase of a snapshot took (``datetime.timedelta``, or
-/// ``None`` for a phase not run yet). Immutable; picklable.
-#[pyclass(name = "PhaseTimings", module = "seamless_snapshot", frozen, eq)]
-#[derive(Debug, Clone, PartialEq)]
-pub struct PyPhaseTimings {
-    inner: PhaseTimings,
-}
-
-impl From<PhaseTimings> for PyPhaseTimings {
-    fn from(inner: PhaseTimings) -> Self {
-        PyPhaseTimings { inner }
-    }
-}
-
-#[pymethods]
-impl PyPhaseTimings {
+value_class! {
+    /// How long each phase of a snapshot took (``datetime.timedelta``, or
+    /// ``None`` for a phase not run yet). Immutable; picklable.
+    PyPhaseTimings(PhaseTimings) as "PhaseTimings";
     /// The whole capture, pre-copy through thaw.
     #[getter]
     fn capture(&self) -> Option<Duration> {
@@ -394,22 +376,8 @@ impl PyPhaseTimings {
         self.inner.push
     }
 
-    /// The timings as a dict of float seconds (``None`` for phases not run).
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        to_dict(py, &self.inner)
-    }
 
-    /// Builds timings from a dict shaped like :meth:`to_dict`'s.
-    #[classmethod]
-    fn from_dict(_cls: &Bound<'_, PyType>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
-        from_dict(data).map(|inner| Self { inner })
-    }
 
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
-        reduce(slf.as_any(), &slf.get().inner)
-    }
 
     fn __repr__(&self) -> String {
         let t = &self.inner;
@@ -426,22 +394,10 @@ impl PyPhaseTimings {
     }
 }
 
-/// Why a snapshot failed: the error's ``kind``, stable ``code`` and
-/// ``message``. Immutable; picklable.
-#[pyclass(name = "ErrorInfo", module = "seamless_snapshot", frozen, eq)]
-#[derive(Debug, Clone, PartialEq)]
-pub struct PyErrorInfo {
-    inner: ErrorInfo,
-}
-
-impl From<ErrorInfo> for PyErrorInfo {
-    fn from(inner: ErrorInfo) -> Self {
-        PyErrorInfo { inner }
-    }
-}
-
-#[pymethods]
-impl PyErrorInfo {
+value_class! {
+    /// Why a snapshot failed: the error's ``kind``, stable ``code`` and
+    /// ``message``. Immutable; picklable.
+    PyErrorInfo(ErrorInfo) as "ErrorInfo";
     /// The error kind's snake_case name (e.g. ``"registry_unauthorized"``).
     #[getter]
     fn kind(&self) -> &'static str {
@@ -460,22 +416,8 @@ impl PyErrorInfo {
         &self.inner.message
     }
 
-    /// The error as a dict (``kind``, ``code``, ``message``).
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        to_dict(py, &self.inner)
-    }
 
-    /// Builds an error description from a dict shaped like :meth:`to_dict`'s.
-    #[classmethod]
-    fn from_dict(_cls: &Bound<'_, PyType>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
-        from_dict(data).map(|inner| Self { inner })
-    }
 
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
-        reduce(slf.as_any(), &slf.get().inner)
-    }
 
     fn __repr__(&self) -> String {
         let e = &self.inner;
@@ -490,21 +432,9 @@ impl PyErrorInfo {
     }
 }
 
-/// The new layer of a snapshot, once built. Immutable; picklable.
-#[pyclass(name = "LayerInfo", module = "seamless_snapshot", frozen, eq)]
-#[derive(Debug, Clone, PartialEq)]
-pub struct PyLayerInfo {
-    inner: LayerInfo,
-}
-
-impl From<LayerInfo> for PyLayerInfo {
-    fn from(inner: LayerInfo) -> Self {
-        PyLayerInfo { inner }
-    }
-}
-
-#[pymethods]
-impl PyLayerInfo {
+value_class! {
+    /// The new layer of a snapshot, once built. Immutable; picklable.
+    PyLayerInfo(LayerInfo) as "LayerInfo";
     /// Digest of the compressed blob.
     #[getter]
     fn digest(&self) -> &str {
@@ -529,22 +459,8 @@ impl PyLayerInfo {
         &self.inner.media_type
     }
 
-    /// The layer as a dict (``digest``, ``diff_id``, ``size``, ``media_type``).
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        to_dict(py, &self.inner)
-    }
 
-    /// Builds a layer description from a dict shaped like :meth:`to_dict`'s.
-    #[classmethod]
-    fn from_dict(_cls: &Bound<'_, PyType>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
-        from_dict(data).map(|inner| Self { inner })
-    }
 
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
-        reduce(slf.as_any(), &slf.get().inner)
-    }
 
     fn __repr__(&self) -> String {
         let l = &self.inner;

@@ -165,3 +165,20 @@ def test_defaults():
     assert ss.DEFAULT_NAMESPACE == "default"
     assert ss.DEFAULT_STATE_DIR
     assert ss.__version__
+
+
+def test_everything_public_has_a_docstring():
+    assert ss.__doc__
+    missing = []
+    for name in ss.__all__:
+        obj = getattr(ss, name)
+        if not isinstance(obj, type):
+            continue
+        if not obj.__doc__:
+            missing.append(name)
+        if issubclass(obj, BaseException):
+            continue
+        for attr, value in vars(obj).items():
+            if not attr.startswith("_") and not getattr(value, "__doc__", None):
+                missing.append(f"{name}.{attr}")
+    assert not missing, missing

@@ -215,6 +215,8 @@ def test_timeout_then_completion(rig):
     assert err.result.snapshot_id == err.snapshot_id
     assert isinstance(err.timeout, datetime.timedelta)
     assert err.snapshot_id in str(err)
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is ss.TimeoutError and again.result == err.result
     # The job goes on.
     final = client.wait(err.snapshot_id, timeout=datetime.timedelta(seconds=PUSH_TIMEOUT))
     assert final.state == "completed"
