@@ -54,6 +54,11 @@ struct Owned {
 /// jobs run in the child. As with any threaded library, do not fork while
 /// another thread is inside a call of the client.
 ///
+/// A blocking call returns to Python only when it is done: Ctrl-C during
+/// ``commit_with_wait`` or ``wait`` is seen when the wait ends. Give a
+/// ``timeout``, or await the ``*_async`` variants (cancelling the awaiting
+/// task returns at once; the call itself finishes in its thread).
+///
 /// Args:
 ///     address: containerd's gRPC socket.
 ///     namespace: the containerd namespace of the containers.
