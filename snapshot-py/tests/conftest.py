@@ -130,7 +130,7 @@ class Rig:
                  BASE_IMAGE, cid, "sh", "-c", script)
         wait_until(f"container {cid} to start", 20,
                    lambda: self.task_status(cid) in ("RUNNING", "STOPPED"))
-        if script == WRITER:
+        if WRITER in script:
             wait_until(f"container {cid} to write", 20, lambda: self.counter(cid) > 10)
 
     def cgroup(self, cid: str) -> Cgroup:
