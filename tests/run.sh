@@ -34,3 +34,9 @@ fi
 # rig are #[ignore]d by default and included here; benchmarks (bench_*) and
 # helper processes re-executed by other tests (helper_*) are not tests.
 cargo test --workspace "$@" -- --include-ignored --skip bench_ --skip helper_ --test-threads=1
+
+# The Python module: wheel, fresh venv, stub check, pytest against the same
+# rig (SEAMLESS_PY_TESTS=0 skips it).
+if [[ ${SEAMLESS_PY_TESTS:-1} != 0 ]]; then
+  snapshot-py/run-tests.sh
+fi

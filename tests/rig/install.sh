@@ -22,6 +22,13 @@ if command -v python3 >/dev/null 2>&1; then
   missing=("${m2[@]+"${m2[@]}"}")
 fi
 
+# The Python module's tests (snapshot-py/run-tests.sh) need `python3 -m venv`:
+# Debian's own python3 has it only with python3-venv.
+py=$(command -v python3 || true)
+if [[ -z $py ]] || { [[ $py == /usr/bin/python3 ]] && ! python3 -c 'import ensurepip' 2>/dev/null; }; then
+  missing+=(python3-venv)
+fi
+
 if ((${#missing[@]} == 0)); then
   exit 0
 fi
