@@ -13,6 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -489,27 +490,49 @@ const MAPPINGS_SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
 /// [`MAPPINGS_SAMPLE_INTERVAL`], the shared-writable mappings of the
 /// processes in `cgroup` into `mapped`: a file mapped, written and unmapped
 /// again during the pre-copy is still known in the frozen window.
+///
+/// A plain spawned thread rather than `std::thread::scope`: a scope makes
+/// std allocate a thread handle for the calling thread, which may be a C,
+/// Go or Python caller's own thread that never frees it.
 fn sampling_mappings<T>(cgroup: &Path, mapped: &mut MappedFiles, f: impl FnOnce() -> T) -> T {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let sampler = scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                // A cgroup that cannot be read now is read again next time;
-                // the window's own sample is the one that must succeed.
-                if let Ok(pids) = freeze::pids_below(cgroup) {
-                    mapped.sample(&pids);
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawned = {
+        let stop = stop.clone();
+        let cgroup = cgroup.to_path_buf();
+        let mut sampled = mapped.clone();
+        std::thread::Builder::new()
+            .name("seamless-mappings".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // A cgroup that cannot be read now is read again next
+                    // time; the window's own sample is the one that must
+                    // succeed.
+                    if let Ok(pids) = freeze::pids_below(&cgroup) {
+                        sampled.sample(&pids);
+                    }
+                    std::thread::park_timeout(MAPPINGS_SAMPLE_INTERVAL);
                 }
-                std::thread::park_timeout(MAPPINGS_SAMPLE_INTERVAL);
-            }
-        });
-        let out = f();
-        stop.store(true, Ordering::Relaxed);
-        sampler.thread().unpark();
-        if sampler.join().is_err() {
-            tracing::warn!("the mappings sampler panicked");
+                sampled
+            })
+    };
+    let sampler = match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            // Without the sampler only the window's sample is taken.
+            tracing::warn!(error = %e, "cannot start the mappings sampler");
+            None
         }
-        out
-    })
+    };
+    let out = f();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(h) = sampler {
+        h.thread().unpark();
+        match h.join() {
+            Ok(sampled) => *mapped = sampled,
+            Err(_) => tracing::warn!("the mappings sampler panicked"),
+        }
+    }
+    out
 }
 
 /// Refuses a container whose cgroup is frozen (or freezing): someone else
