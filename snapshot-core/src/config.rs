@@ -44,6 +44,9 @@ pub struct Config {
     /// it is on the same filesystem as the container's upper dir (so reflinks
     /// work), else next to containerd's snapshot directories.
     pub capture_root: Option<PathBuf>,
+    /// How long one containerd call may take to answer before the commit
+    /// fails with `containerd` (a wedged containerd never hangs a commit).
+    pub containerd_timeout: Duration,
     /// How long to wait for the cgroup to report frozen before giving up.
     pub freeze_timeout: Duration,
     /// Upper bound of the frozen window: the watchdog thaws the container
@@ -68,6 +71,8 @@ impl Config {
     pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
     /// Default containerd namespace.
     pub const DEFAULT_NAMESPACE: &str = "default";
+    /// Default bound on one containerd call (`containerd_timeout`).
+    pub const DEFAULT_CONTAINERD_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default state directory (job records, capture directories, blobs).
     pub const DEFAULT_STATE_DIR: &str = "/var/lib/seamless-snapshot";
 }
@@ -79,6 +84,7 @@ impl Default for Config {
             namespace: Self::DEFAULT_NAMESPACE.to_string(),
             state_dir: PathBuf::from(Self::DEFAULT_STATE_DIR),
             capture_root: None,
+            containerd_timeout: Self::DEFAULT_CONTAINERD_TIMEOUT,
             freeze_timeout: Duration::from_secs(2),
             max_pause: Duration::from_secs(10),
             docker_config: None,

@@ -3,6 +3,7 @@
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use containerd_client::services::v1::snapshots::MountsRequest;
@@ -78,15 +79,36 @@ impl std::fmt::Debug for ContainerdClient {
 
 impl ContainerdClient {
     /// Connects to containerd at `address` (a unix socket path), for `namespace`.
-    pub async fn connect(address: &str, namespace: &str) -> Result<Self> {
+    ///
+    /// Every call must answer (its response headers arrive) within
+    /// `timeout`, and connecting within [`CONNECT_TIMEOUT`]: a wedged
+    /// containerd fails a commit with [`Error::Containerd`], it never hangs
+    /// it. (A content stream that stalls after its first answer is not
+    /// covered.)
+    pub async fn connect(address: &str, namespace: &str, timeout: Duration) -> Result<Self> {
         let ns = validate_namespace(namespace)?;
-        let address_path = address.strip_prefix("unix://").unwrap_or(address);
-        let client = containerd_client::Client::from_path(address_path)
-            .await
-            .map_err(|e| Error::Containerd {
-                address: address.to_string(),
-                message: format!("connect: {e}"),
-            })?;
+        let path = PathBuf::from(address.strip_prefix("unix://").unwrap_or(address));
+        let fail = |e: &dyn std::error::Error| Error::Containerd {
+            address: address.to_string(),
+            message: format!("connect: {}", crate::error::message_chain(e)),
+        };
+        // The URI is a placeholder: the connector dials the unix socket.
+        let endpoint = tonic::transport::Endpoint::from_static("http://[::]")
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout);
+        let channel = endpoint.connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }));
+        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, channel).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(fail(&e)),
+            Err(e) => return Err(fail(&e)),
+        };
+        let client = containerd_client::Client::from(channel);
         Ok(ContainerdClient {
             client: std::sync::Arc::new(client),
             address: address.to_string(),
@@ -314,6 +336,9 @@ impl ContainerdClient {
         })
     }
 }
+
+/// How long connecting to containerd's socket may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn validate_namespace(ns: &str) -> Result<MetadataValue<tonic::metadata::Ascii>> {
     // containerd's own rule: a label-like identifier.

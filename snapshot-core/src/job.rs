@@ -152,11 +152,15 @@ fn poisoned() -> Error {
 /// address and namespace) as the source of base layers. A failure to
 /// connect is recorded as the job's failure.
 pub(crate) async fn connect_and_run(spec: JobSpec, store: StatusStore) -> Result<SnapshotStatus> {
-    let client = ContainerdClient::connect(&spec.containerd_address, &spec.namespace)
-        .await
-        .inspect_err(|e| {
-            let _ = store.mark_failed(&spec.snapshot_id, e);
-        })?;
+    let client = ContainerdClient::connect(
+        &spec.containerd_address,
+        &spec.namespace,
+        crate::Config::DEFAULT_CONTAINERD_TIMEOUT,
+    )
+    .await
+    .inspect_err(|e| {
+        let _ = store.mark_failed(&spec.snapshot_id, e);
+    })?;
     run(spec, store, &client).await
 }
 

@@ -234,9 +234,12 @@ impl ContainerdSnapshotter {
         // Reject a bad target before anything is touched.
         registry::parse_reference(target_ref)?;
         let (client, container, mount, base, pids) = self.runtime()?.block_on(async {
-            let client =
-                ContainerdClient::connect(&self.config.containerd_address, &self.config.namespace)
-                    .await?;
+            let client = ContainerdClient::connect(
+                &self.config.containerd_address,
+                &self.config.namespace,
+                self.config.containerd_timeout,
+            )
+            .await?;
             let container = client.container(container_id).await?;
             let mount = client.overlay_mount(&container).await?;
             let base = client.base_image(&container.image).await?;
