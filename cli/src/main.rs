@@ -65,6 +65,10 @@ enum Command {
         /// Docker config.json with registry credentials.
         #[arg(long)]
         docker_config: Option<PathBuf>,
+        /// Where the capture directory goes (default: the state dir when on
+        /// the container's filesystem, else next to containerd's snapshots).
+        #[arg(long)]
+        capture_root: Option<PathBuf>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -91,6 +95,20 @@ enum Command {
     /// List known snapshots.
     List {
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove finished snapshots (failed or completed), with the capture and
+    /// blob a failed one kept; never one still in progress.
+    Prune {
+        /// Only those whose status last changed at least this long ago
+        /// (e.g. 7d, 12h, 0s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        /// List what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the removed snapshots' statuses as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -163,6 +181,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             labels,
             annotations,
             docker_config,
+            capture_root,
             json,
         } => {
             let exe = std::env::current_exe().map_err(|source| Error::Io {
@@ -175,6 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 namespace: cli.namespace,
                 state_dir: cli.state_dir.clone(),
                 docker_config,
+                capture_root,
                 // Without --wait the build and push must outlive this command.
                 background: BackgroundMode::Process {
                     program: exe,
@@ -269,6 +289,31 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                         s.snapshot_id, s.state, s.container_id, s.target_ref
                     );
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune {
+            older_than,
+            dry_run,
+            json,
+        } => {
+            let pruned =
+                reader(&cli.address, &cli.namespace, &cli.state_dir)?.prune(older_than, dry_run)?;
+            if json {
+                print_json(&pruned)?;
+            } else {
+                let verb = if dry_run { "would remove" } else { "removed" };
+                let now = std::time::SystemTime::now();
+                for s in &pruned {
+                    let changed = std::time::SystemTime::from(s.updated_at);
+                    let age = now.duration_since(changed).unwrap_or_default();
+                    let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
+                    println!(
+                        "{verb} {} ({}, {age} ago) {}",
+                        s.snapshot_id, s.state, s.target_ref
+                    );
+                }
+                println!("{verb} {} snapshot(s)", pruned.len());
             }
             Ok(ExitCode::SUCCESS)
         }

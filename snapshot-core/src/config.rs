@@ -42,7 +42,17 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Where capture directories are created. `None`: inside `state_dir` when
     /// it is on the same filesystem as the container's upper dir (so reflinks
-    /// work), else next to containerd's snapshot directories.
+    /// work), else in `seamless-capture/` next to containerd's snapshot
+    /// directories.
+    ///
+    /// A capture holds whatever the container made (setuid-root files,
+    /// device nodes), so it always lives below a directory only root can
+    /// enter: a `capture_root` that is missing is created mode 0700; one that
+    /// is ours and 0700 is used as it is; one owned by root but open to
+    /// others gets a private `seamless-capture/` subdirectory; one owned by
+    /// anyone else, or on a path that others can change (a directory above
+    /// it writable by others and not sticky), is refused with
+    /// `invalid_argument`.
     pub capture_root: Option<PathBuf>,
     /// How long one containerd call may take to answer before the commit
     /// fails with `containerd` (a wedged containerd never hangs a commit).
@@ -60,6 +70,12 @@ pub struct Config {
     /// Keep the capture directory and blob when a job fails (for a retry or a
     /// post-mortem). They are always removed after success.
     pub keep_failed: bool,
+    /// How long finished jobs (failed or completed) are kept: when a
+    /// snapshotter is created, older ones are removed with whatever they
+    /// kept (capture directory, blob, job directory), as
+    /// [`crate::ContainerdSnapshotter::prune`] does. `None`: kept until
+    /// pruned.
+    pub keep_finished_for: Option<Duration>,
     /// Where the background build and push run.
     pub background: BackgroundMode,
     /// Options applied to every commit.
@@ -90,6 +106,7 @@ impl Default for Config {
             docker_config: None,
             push_retries: 4,
             keep_failed: true,
+            keep_finished_for: None,
             background: BackgroundMode::InProcess,
             defaults: CommitOptions::default(),
         }

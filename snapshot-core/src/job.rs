@@ -10,6 +10,7 @@
 //! [`crate::ContainerdSnapshotter::run_job`]; otherwise they are removed.
 //! A job whose worker process died is failed and cleaned up the same way by
 //! [`recover_orphans`], except that an interrupted capture is always removed.
+//! What a finished job kept goes when it is pruned (`crate::prune`).
 //!
 //! Next to `status.json`, a job directory holds `job.json` (the spec),
 //! `capture.path` (where the capture directory is, written before it is
@@ -192,6 +193,11 @@ async fn run(spec: JobSpec, store: StatusStore, base: &dyn BlobSource) -> Result
 
 fn cleanup(capture_dir: &Path, blob: &Path) {
     discard_capture(capture_dir);
+    remove_blob(blob);
+}
+
+/// Removes a layer blob; errors are logged.
+fn remove_blob(blob: &Path) {
     if let Err(e) = std::fs::remove_file(blob)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -358,6 +364,27 @@ pub(crate) fn record_capture_dir(store: &StatusStore, id: &str, dir: &Path) -> R
     state::write_atomic(&store.job_dir(id), CAPTURE_PATH_FILE, path)
 }
 
+/// Removes what job `id` keeps outside its status: the capture directory
+/// recorded in `capture.path` and the layer blob. Best effort (logged).
+///
+/// A capture directory is `<job dir>/capture` or `<private root>/<id>`: a
+/// recorded path named otherwise is not removed (a damaged or forged record
+/// must not make us delete something else).
+pub(crate) fn discard_kept(store: &StatusStore, id: &str) {
+    let dir = store.job_dir(id);
+    if let Ok(p) = std::fs::read(dir.join(CAPTURE_PATH_FILE)) {
+        use std::os::unix::ffi::OsStrExt;
+        let capture = Path::new(std::ffi::OsStr::from_bytes(&p));
+        let name = capture.file_name().and_then(|n| n.to_str());
+        if capture.is_absolute() && (name == Some("capture") || name == Some(id)) {
+            discard_capture(capture);
+        } else {
+            tracing::warn!(snapshot = %id, path = %capture.display(), "not removing an unexpected capture path");
+        }
+    }
+    remove_blob(&dir.join(BLOB_FILE));
+}
+
 /// Marks jobs whose process died as failed and removes what they leave
 /// behind: always an interrupted capture (a partial copy is useless),
 /// and a built job's capture and blob unless `keep_failed`. Best effort.
@@ -367,13 +394,8 @@ pub(crate) fn recover_orphans(store: &StatusStore, keep_failed: bool) {
         if state::dead_worker(&s).is_none() {
             continue;
         }
-        let dir = store.job_dir(&s.snapshot_id);
         if s.state == SnapshotState::Capturing || !keep_failed {
-            if let Ok(p) = std::fs::read(dir.join(CAPTURE_PATH_FILE)) {
-                use std::os::unix::ffi::OsStrExt;
-                discard_capture(Path::new(std::ffi::OsStr::from_bytes(&p)));
-            }
-            let _ = std::fs::remove_file(dir.join(BLOB_FILE));
+            discard_kept(store, &s.snapshot_id);
         }
         match state::effective_status(store, s) {
             Ok(failed) if failed.state == SnapshotState::Failed => {

@@ -8,6 +8,9 @@
 //! and the capture directory is recorded before it is created, so that a
 //! commit interrupted at any point is found and cleaned up by the next
 //! [`ContainerdSnapshotter::new`]; a failed capture leaves no partial copy.
+//! A capture is only ever created below a private root (`state::private`),
+//! and a commit whose capture or blob would not fit (`space`) is refused
+//! before any job or capture exists and before anything is frozen.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -20,14 +23,16 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::SeamlessSnapshot;
-use crate::capture::{Capture, MappedFiles};
+use crate::capture::{self, Capture, MappedFiles};
 use crate::config::{BackgroundMode, CommitOptions, Config};
 use crate::containerd::{self, ContainerdClient};
 use crate::error::{Error, IoContext, Result};
 use crate::freeze;
 use crate::job::{self, JobSpec, StatusWriter};
+use crate::prune;
 use crate::registry;
 use crate::result::SnapshotResult;
+use crate::space;
 use crate::state::{self, StatusStore, ensure_private_dir, lock_file, try_lock_dir};
 use crate::status::{SnapshotState, SnapshotStatus, Worker};
 
@@ -95,6 +100,11 @@ impl ContainerdSnapshotter {
             in_flight: Default::default(),
         };
         job::recover_orphans(&snap.store, snap.config.keep_failed);
+        if let Some(age) = snap.config.keep_finished_for
+            && let Err(e) = prune::prune(&snap.store, age, false)
+        {
+            tracing::warn!(error = %e, "removing old finished jobs failed");
+        }
         Ok(snap)
     }
 
@@ -184,6 +194,16 @@ impl ContainerdSnapshotter {
         Ok(all)
     }
 
+    /// Removes finished snapshots (failed or completed) whose status was last
+    /// written at least `older_than` ago: the capture directory and layer
+    /// blob a failed one kept, and the job directory with its status. A
+    /// snapshot still in progress (its worker alive) or being rerun is never
+    /// touched. With `dry_run` nothing is removed. Returns the statuses of
+    /// the snapshots removed (or that would be), oldest first.
+    pub fn prune(&self, older_than: Duration, dry_run: bool) -> Result<Vec<SnapshotStatus>> {
+        prune::prune(&self.store, older_than, dry_run)
+    }
+
     /// Runs (or reruns) the background part of a captured snapshot in this
     /// process, to completion. This is what a [`BackgroundMode::Process`]
     /// worker calls.
@@ -201,27 +221,45 @@ impl ContainerdSnapshotter {
         new_runtime()?.block_on(job::connect_and_run(spec, store))
     }
 
-    /// Where the capture directory of a job goes: on the upper dir's
-    /// filesystem, so reflinks work and copies stay within one device.
-    fn capture_dir_for(&self, id: &str, upper: &Path) -> Result<PathBuf> {
+    /// Where the captures of commits of `upper` go: on the upper dir's
+    /// filesystem when possible, so reflinks work and copies stay within one
+    /// device; always below a directory only root can enter (see
+    /// [`Config::capture_root`]).
+    fn capture_home(&self, upper: &Path) -> Result<CaptureHome> {
         if let Some(root) = &self.config.capture_root {
-            ensure_private_dir(root)?;
-            return Ok(root.join(id));
+            return Ok(CaptureHome::Root(state::private_root_in(root)?));
         }
         let upper_dev = std::fs::metadata(upper).at("stat", upper)?.dev();
-        let job_dir = self.store.job_dir(id);
-        let job_dev = std::fs::metadata(&job_dir).at("stat", &job_dir)?.dev();
-        if job_dev == upper_dev {
-            return Ok(job_dir.join("capture"));
+        let jobs = self.store.jobs_dir()?;
+        if std::fs::metadata(jobs).at("stat", jobs)?.dev() == upper_dev {
+            // Each job directory is new and 0700: the path to it must be
+            // one nobody else can change.
+            state::check_trusted_path(jobs)?;
+            return Ok(CaptureHome::JobDir(jobs.to_path_buf()));
         }
-        // <snapshotter root>/snapshots/<n>/fs -> <snapshotter root>/seamless-capture/<id>
+        // <snapshotter root>/snapshots/<n>/fs -> <snapshotter root>/seamless-capture
         let root = upper
             .ancestors()
             .nth(3)
             .ok_or_else(|| Error::Unsupported(format!("unexpected upper dir {}", upper.display())))?
-            .join("seamless-capture");
-        ensure_private_dir(&root)?;
-        Ok(root.join(id))
+            .join(state::PRIVATE_SUBDIR);
+        Ok(CaptureHome::Root(state::private_subdir(&root)?))
+    }
+
+    /// Fails with "No space left on device" when a capture of `upper` in
+    /// `home` and its layer blob in the state directory would not fit (see
+    /// `space`); called before anything is created or frozen.
+    fn check_space(&self, upper: &Path, home: &CaptureHome) -> Result<()> {
+        if fault_flag(FAULT_SKIP_SPACE_CHECK) {
+            return Ok(());
+        }
+        let est = capture::estimate(upper)?;
+        let upper_dev = std::fs::metadata(upper).at("stat", upper)?.dev();
+        let dir = home.dir();
+        let same_fs = std::fs::metadata(dir).at("stat", dir)?.dev() == upper_dev;
+        let budget = space::Budget::of(&est, same_fs && capture::can_reflink(dir));
+        tracing::debug!(?est, ?budget, "space needed");
+        space::check(&est, &budget, dir, self.store.jobs_dir()?)
     }
 
     fn capture(
@@ -257,6 +295,10 @@ impl ContainerdSnapshotter {
         })?;
         let freezer = freeze::freezer_for_pids(container.pid, &pids)?;
         ensure_not_frozen(freezer.as_ref(), container_id)?;
+        // Where the capture goes, and whether it and the blob fit: refused
+        // before any job or capture exists.
+        let home = self.capture_home(&mount.upper)?;
+        self.check_space(&mount.upper, &home)?;
 
         let id = new_snapshot_id();
         self.store.create_job_dir(&id)?;
@@ -265,13 +307,10 @@ impl ContainerdSnapshotter {
         status.worker = Worker::current();
         let writer = StatusWriter::new(self.store.clone(), status)?;
 
-        let capture_dir = match self.capture_dir_for(&id, &mount.upper).and_then(|d| {
-            job::record_capture_dir(&self.store, &id, &d)?;
-            Ok(d)
-        }) {
-            Ok(d) => d,
-            Err(e) => return Err(writer.fail(e)),
-        };
+        let capture_dir = home.capture_dir(&self.store, &id);
+        if let Err(e) = job::record_capture_dir(&self.store, &id, &capture_dir) {
+            return Err(writer.fail(e));
+        }
         // From here on a failure also removes the (partial) capture.
         let abandon = |e: Error| {
             job::discard_capture(&capture_dir);
@@ -469,6 +508,15 @@ const FAULT_HOLD_FROZEN: &str = "SEAMLESS_FAULT_HOLD_FROZEN_MS";
 /// pre-copy and the freeze (so that tests can pause the container there).
 const FAULT_HOLD_BEFORE_FREEZE: &str = "SEAMLESS_FAULT_HOLD_BEFORE_FREEZE_MS";
 
+/// Test-only fault injection: `1` skips the free-space check (so that
+/// tests can make the pre-copy itself run out of space).
+const FAULT_SKIP_SPACE_CHECK: &str = "SEAMLESS_FAULT_SKIP_SPACE_CHECK";
+
+/// Whether a fault-injection flag is set (`1`); never in a release build.
+fn fault_flag(var: &str) -> bool {
+    cfg!(debug_assertions) && std::env::var_os(var).is_some_and(|v| v == "1")
+}
+
 /// The duration a fault-injection variable asks for. Read only in debug
 /// builds: a release build has no such behaviour whatever its environment.
 fn fault_hold(var: &str) -> Option<Duration> {
@@ -481,6 +529,33 @@ fn fault_hold(var: &str) -> Option<Duration> {
         Err(_) => {
             tracing::warn!(value = %ms, "ignoring {var}: not a number of milliseconds");
             None
+        }
+    }
+}
+
+/// Where the captures of a commit go (see
+/// [`ContainerdSnapshotter::capture_home`]).
+enum CaptureHome {
+    /// `<job dir>/capture`: the job's own new 0700 directory keeps it
+    /// private. Holds the jobs directory.
+    JobDir(PathBuf),
+    /// `<private root>/<id>`, a root-owned 0700 directory.
+    Root(PathBuf),
+}
+
+impl CaptureHome {
+    /// An existing directory on the captures' filesystem.
+    fn dir(&self) -> &Path {
+        match self {
+            CaptureHome::JobDir(d) | CaptureHome::Root(d) => d,
+        }
+    }
+
+    /// The capture directory of job `id` (not created).
+    fn capture_dir(&self, store: &StatusStore, id: &str) -> PathBuf {
+        match self {
+            CaptureHome::JobDir(_) => store.job_dir(id).join("capture"),
+            CaptureHome::Root(root) => root.join(id),
         }
     }
 }
@@ -631,16 +706,27 @@ mod tests {
         assert_eq!(m.insecure_registries, vec!["r:5000".to_string()]);
     }
 
+    /// A job `id` in `state` (status not written yet) with a capture
+    /// directory recorded in its job dir: `(job dir, capture, status)`.
+    fn job_with_capture(
+        store: &StatusStore,
+        id: &str,
+        state: SnapshotState,
+    ) -> (PathBuf, PathBuf, SnapshotStatus) {
+        let dir = store.create_job_dir(id).unwrap();
+        let capture = dir.join("capture");
+        std::fs::create_dir_all(capture.join("partial")).unwrap();
+        job::record_capture_dir(store, id, &capture).unwrap();
+        let mut s = SnapshotStatus::new(id, "c", "r/x:y");
+        s.state = state;
+        (dir, capture, s)
+    }
+
     #[test]
     fn interrupted_capture_is_failed_and_removed_on_start() {
         let tmp = tempfile::tempdir().unwrap();
         let store = StatusStore::new(tmp.path());
-        let dir = store.create_job_dir("j-int").unwrap();
-        let capture = dir.join("capture");
-        std::fs::create_dir_all(capture.join("partial")).unwrap();
-        job::record_capture_dir(&store, "j-int", &capture).unwrap();
-        let mut s = SnapshotStatus::new("j-int", "c", "r/x:y");
-        s.state = SnapshotState::Capturing;
+        let (_, capture, mut s) = job_with_capture(&store, "j-int", SnapshotState::Capturing);
         // A worker that is certainly gone (same pid, other start time).
         s.worker = Worker::current().map(|w| Worker {
             start_ticks: w.start_ticks + 1,
@@ -659,5 +745,37 @@ mod tests {
         assert!(!capture.exists(), "partial capture left behind");
         // Persisted, not only computed.
         assert_eq!(store.read("j-int").unwrap().state, SnapshotState::Failed);
+    }
+
+    #[test]
+    fn old_finished_jobs_are_removed_on_start_when_configured() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StatusStore::new(tmp.path());
+        let (dir, capture, s) = job_with_capture(&store, "j-old", SnapshotState::Failed);
+        store.write(&s).unwrap();
+        let config = Config {
+            state_dir: tmp.path().to_path_buf(),
+            ..Config::default()
+        };
+
+        // Not by default, nor when younger than the limit.
+        drop(ContainerdSnapshotter::new(config.clone()).unwrap());
+        let keep_hour = Config {
+            keep_finished_for: Some(Duration::from_secs(3600)),
+            ..config.clone()
+        };
+        drop(ContainerdSnapshotter::new(keep_hour).unwrap());
+        assert!(capture.exists());
+
+        let keep_none = Config {
+            keep_finished_for: Some(Duration::ZERO),
+            ..config
+        };
+        let snap = ContainerdSnapshotter::new(keep_none).unwrap();
+        assert!(!dir.exists(), "the job dir is left");
+        assert_eq!(
+            snap.get_status("j-old").unwrap_err().kind(),
+            crate::ErrorKind::SnapshotNotFound
+        );
     }
 }

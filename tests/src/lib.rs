@@ -380,13 +380,18 @@ impl Rig {
 
     /// The CLI with the global options for this namespace and state dir.
     pub fn cli(&self) -> Command {
+        self.cli_in(&self.state_dir())
+    }
+
+    /// The CLI with the global options for this namespace and `state_dir`.
+    pub fn cli_in(&self, state_dir: &Path) -> Command {
         let mut c = Command::new(cli_path());
         c.arg("--address")
             .arg(&self.env.containerd)
             .arg("--namespace")
             .arg(&self.ns)
             .arg("--state-dir")
-            .arg(self.state_dir());
+            .arg(state_dir);
         c
     }
 

@@ -319,7 +319,7 @@ fn ficlone(dst: &File, src: &File) -> nix::Result<()> {
 /// Whether the capture filesystem can clone files at all. Cloning from the
 /// upper dir may still fail (other filesystem); the first such failure
 /// switches to copying.
-fn probe_reflink(dest: &Path) -> bool {
+pub(crate) fn probe_reflink(dest: &Path) -> bool {
     let a = dest.join(".reflink-probe-a");
     let b = dest.join(".reflink-probe-b");
     let ok = (|| -> std::io::Result<bool> {

@@ -16,10 +16,12 @@
 //! (the fd-relative walk both phases share), [`copier`] (creating one entry:
 //! clone, sparse copy, special files), [`dest`] (capture-side metadata and
 //! removal), [`fail`] (race or real error), [`precopy`] (phase 1) and
-//! [`sync`] (phase 2, the whole frozen path).
+//! [`sync`] (phase 2, the whole frozen path); [`estimate`] counts, before a
+//! capture starts, what it will take.
 
 mod copier;
 mod dest;
+mod estimate;
 mod fail;
 mod mapped;
 mod meta;
@@ -43,6 +45,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::sys::fs::{open_dir, proc_fd_available};
 use crate::types::CaptureStrategy;
 use copier::Copier;
+pub(crate) use copier::probe_reflink as can_reflink;
+pub(crate) use estimate::{Estimate, estimate};
 pub(crate) use mapped::{Forced, MappedFiles};
 use meta::Rec;
 use paths::Ctx;

@@ -41,11 +41,18 @@ impl StatusStore {
         self.jobs.join(id)
     }
 
+    /// The directory holding the job directories, created if missing.
+    pub(crate) fn jobs_dir(&self) -> Result<&Path> {
+        fs::create_dir_all(&self.jobs).at("create directory", &self.jobs)?;
+        Ok(&self.jobs)
+    }
+
     /// Creates the directory of a new job (mode 0700: it holds a copy of the
-    /// container's files).
+    /// container's files). It is new, so it is ours: a capture inside it is
+    /// out of reach of anyone but root.
     pub(crate) fn create_job_dir(&self, id: &str) -> Result<PathBuf> {
         validate_id(id)?;
-        fs::create_dir_all(&self.jobs).at("create directory", &self.jobs)?;
+        self.jobs_dir()?;
         let dir = self.job_dir(id);
         std::fs::DirBuilder::new()
             .mode(0o700)
