@@ -134,7 +134,8 @@ typedef enum seamless_result {
      */
     SEAMLESS_INTERNAL = 16,
     /**
-     * `busy`: another commit of the same container is in progress.
+     * `busy`: another commit of the same container is in progress, or a
+     * file lease on one of its files was not released.
      */
     SEAMLESS_BUSY = 17,
     /**
@@ -377,7 +378,8 @@ enum seamless_result seamless_commit_with_wait(const struct seamless_client *cli
  * Rust `CommitOptions` (NULL: all defaults); every field is optional:
  * `{"compression": "gzip"|"zstd"|"none", "labels": {"k": "v"},
  * "annotations": {"k": "v"}, "message": "...", "author": "...",
- * "insecure_registries": ["host:port"]}`. `timeout_ms` 0 returns after
+ * "insecure_registries": ["host:port"], "extra_xattrs": ["trusted.",
+ * "security.selinux"]}`. `timeout_ms` 0 returns after
  * the thaw like `seamless_commit`; otherwise waits like
  * `seamless_commit_with_wait`, including what it writes on a timeout.
  *

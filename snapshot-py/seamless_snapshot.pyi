@@ -176,6 +176,7 @@ class SeamlessSnapshot:
         message: Optional[str] = None,
         author: Optional[str] = None,
         insecure_registries: Optional[Sequence[str]] = None,
+        extra_xattrs: Optional[Sequence[str]] = None,
     ) -> SnapshotResult:
         """Captures the container and returns right after the thaw."""
     def commit_with_wait(
@@ -190,6 +191,7 @@ class SeamlessSnapshot:
         message: Optional[str] = None,
         author: Optional[str] = None,
         insecure_registries: Optional[Sequence[str]] = None,
+        extra_xattrs: Optional[Sequence[str]] = None,
     ) -> SnapshotResult:
         """Like ``commit``, then waits for the push (default timeout 1800 s)."""
     def get_status(self, snapshot_id: str) -> SnapshotStatus: ...
@@ -206,6 +208,7 @@ class SeamlessSnapshot:
         message: Optional[str] = None,
         author: Optional[str] = None,
         insecure_registries: Optional[Sequence[str]] = None,
+        extra_xattrs: Optional[Sequence[str]] = None,
     ) -> SnapshotResult: ...
     async def commit_with_wait_async(
         self,
@@ -219,6 +222,7 @@ class SeamlessSnapshot:
         message: Optional[str] = None,
         author: Optional[str] = None,
         insecure_registries: Optional[Sequence[str]] = None,
+        extra_xattrs: Optional[Sequence[str]] = None,
     ) -> SnapshotResult: ...
     async def wait_async(
         self, snapshot_id: str, timeout: Optional[_Seconds] = None

@@ -50,6 +50,10 @@ enum Command {
         /// A registry host reached over plain HTTP (loopback ones always are).
         #[arg(long = "insecure-registry")]
         insecure_registry: Vec<String>,
+        /// An xattr the layer carries beyond user.*, security.capability and
+        /// POSIX ACLs: a name, or a prefix ending in '.' or '*'.
+        #[arg(long = "xattr", value_name = "NAME")]
+        xattrs: Vec<String>,
         /// History comment of the new layer.
         #[arg(long, short = 'm')]
         message: Option<String>,
@@ -176,6 +180,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             timeout,
             compression,
             insecure_registry,
+            xattrs,
             message,
             author,
             labels,
@@ -211,6 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 message,
                 author,
                 insecure_registries: insecure_registry,
+                extra_xattrs: xattrs,
             };
             let snap = ContainerdSnapshotter::new(config)?;
             let started = Instant::now();

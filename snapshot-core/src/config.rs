@@ -130,4 +130,13 @@ pub struct CommitOptions {
     /// Registry hosts (`host` or `host:port`) reached over plain HTTP.
     /// Loopback registries always are.
     pub insecure_registries: Vec<String>,
+    /// Extended attributes the layer carries beyond the default ones
+    /// (`user.*`, `security.capability`, `system.posix_acl_access`,
+    /// `system.posix_acl_default`): exact names (`security.selinux`), or
+    /// prefixes ending in `.` or `*` (`trusted.`, `security.*`; `*` alone
+    /// is every xattr). Host-specific ones (`security.selinux`,
+    /// `security.ima`, `security.evm`, `trusted.*`) are left out by default:
+    /// they make the image depend on the host and some unpackers refuse
+    /// them. Overlay's own xattrs are never carried.
+    pub extra_xattrs: Vec<String>,
 }

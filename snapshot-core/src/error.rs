@@ -150,7 +150,9 @@ pub enum Error {
     Internal(String),
 
     /// Another operation holds the container or job (a concurrent commit of
-    /// the same container, a second worker on the same job).
+    /// the same container, a second worker on the same job), or a file of
+    /// the container under another process's file lease that was not
+    /// released in time.
     #[error("busy: {0}")]
     Busy(String),
 }

@@ -64,6 +64,10 @@ pub(crate) struct JobSpec {
     pub(crate) base_config: String,
     /// The frozen copy of the writable layer.
     pub(crate) capture_dir: PathBuf,
+    /// The overlay mount had `userxattr`: overlay's own xattrs in the
+    /// capture are `user.overlay.*` rather than `trusted.overlay.*`.
+    #[serde(default)]
+    pub(crate) overlay_userxattr: bool,
     /// The instant the copy represents.
     pub(crate) captured_at: DateTime<Utc>,
     /// Commit options.
@@ -229,10 +233,14 @@ async fn run_inner(
     }
     let capture_dir = spec.capture_dir.clone();
     let compression = spec.options.compression;
+    let xattrs = layer::XattrPolicy {
+        userxattr: spec.overlay_userxattr,
+        extra: spec.options.extra_xattrs.clone(),
+    };
     let w = writer.clone();
     let bp = blob_path.clone();
     let blob = tokio::task::spawn_blocking(move || {
-        layer::build_layer(&capture_dir, &bp, compression, &mut |done| {
+        layer::build_layer(&capture_dir, &bp, compression, &xattrs, &mut |done| {
             w.progress(done, total)
         })
     })

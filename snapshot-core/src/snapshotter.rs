@@ -340,6 +340,7 @@ impl ContainerdSnapshotter {
             base_manifest: String::from_utf8_lossy(&base.manifest).into_owned(),
             base_config: String::from_utf8_lossy(&base.config).into_owned(),
             capture_dir: capture_dir.clone(),
+            overlay_userxattr: mount.userxattr,
             captured_at,
             options: merge_options(&self.config.defaults, options),
             docker_config: self.config.docker_config.clone(),
@@ -645,6 +646,11 @@ fn merge_options(defaults: &CommitOptions, given: &CommitOptions) -> CommitOptio
             o.insecure_registries.push(h.clone());
         }
     }
+    for x in &defaults.extra_xattrs {
+        if !o.extra_xattrs.contains(x) {
+            o.extra_xattrs.push(x.clone());
+        }
+    }
     o
 }
 
@@ -697,13 +703,16 @@ mod tests {
         d.labels.insert("b".into(), "default".into());
         d.message = Some("dm".into());
         d.insecure_registries.push("r:5000".into());
+        d.extra_xattrs.push("trusted.".into());
         let mut g = CommitOptions::default();
+        g.extra_xattrs.push("security.selinux".into());
         g.labels.insert("a".into(), "given".into());
         let m = merge_options(&d, &g);
         assert_eq!(m.labels["a"], "given");
         assert_eq!(m.labels["b"], "default");
         assert_eq!(m.message.as_deref(), Some("dm"));
         assert_eq!(m.insecure_registries, vec!["r:5000".to_string()]);
+        assert_eq!(m.extra_xattrs, ["security.selinux", "trusted."]);
     }
 
     /// A job `id` in `state` (status not written yet) with a capture

@@ -344,7 +344,8 @@ pub unsafe extern "C" fn seamless_commit_with_wait(
 /// Rust `CommitOptions` (NULL: all defaults); every field is optional:
 /// `{"compression": "gzip"|"zstd"|"none", "labels": {"k": "v"},
 /// "annotations": {"k": "v"}, "message": "...", "author": "...",
-/// "insecure_registries": ["host:port"]}`. `timeout_ms` 0 returns after
+/// "insecure_registries": ["host:port"], "extra_xattrs": ["trusted.",
+/// "security.selinux"]}`. `timeout_ms` 0 returns after
 /// the thaw like `seamless_commit`; otherwise waits like
 /// `seamless_commit_with_wait`, including what it writes on a timeout.
 ///

@@ -56,7 +56,8 @@ pub enum seamless_result {
     SEAMLESS_INVALID_IMAGE = 15,
     /// `internal`: a bug, or the background worker died.
     SEAMLESS_INTERNAL = 16,
-    /// `busy`: another commit of the same container is in progress.
+    /// `busy`: another commit of the same container is in progress, or a
+    /// file lease on one of its files was not released.
     SEAMLESS_BUSY = 17,
     /// `null_argument`: a required pointer argument was NULL. Nothing was done.
     SEAMLESS_NULL_ARGUMENT = 100,

@@ -162,6 +162,7 @@ fn commit_options(
     message: Option<String>,
     author: Option<String>,
     insecure_registries: Option<Vec<String>>,
+    extra_xattrs: Option<Vec<String>>,
 ) -> PyResult<CommitOptions> {
     let compression = match compression {
         Some(c) => c.parse::<Compression>().py_err(py)?,
@@ -174,6 +175,7 @@ fn commit_options(
         message,
         author,
         insecure_registries: insecure_registries.unwrap_or_default(),
+        extra_xattrs: extra_xattrs.unwrap_or_default(),
     })
 }
 
@@ -273,6 +275,10 @@ impl Client {
     ///     author: the new layer's history author.
     ///     insecure_registries: registry hosts (``host`` or ``host:port``)
     ///         reached over plain HTTP; loopback registries always are.
+    ///     extra_xattrs: xattrs the layer carries beyond ``user.*``,
+    ///         ``security.capability`` and POSIX ACLs: exact names
+    ///         (``"security.selinux"``) or prefixes ending in ``.`` or ``*``
+    ///         (``"trusted."``).
     ///
     /// Raises:
     ///     SeamlessSnapshotError: a subclass per error kind, e.g.
@@ -281,6 +287,7 @@ impl Client {
     #[pyo3(signature = (
         container_id, target_ref, *, compression = None, labels = None,
         annotations = None, message = None, author = None, insecure_registries = None,
+        extra_xattrs = None,
     ))]
     #[allow(clippy::too_many_arguments)] // one per keyword argument of the Python API
     fn commit(
@@ -294,6 +301,7 @@ impl Client {
         message: Option<String>,
         author: Option<String>,
         insecure_registries: Option<Vec<String>>,
+        extra_xattrs: Option<Vec<String>>,
     ) -> PyResult<PySnapshotResult> {
         let options = commit_options(
             py,
@@ -303,6 +311,7 @@ impl Client {
             message,
             author,
             insecure_registries,
+            extra_xattrs,
         )?;
         self.blocking(py, |s| {
             s.commit_with(container_id, target_ref, &options, None)
@@ -324,6 +333,7 @@ impl Client {
     #[pyo3(signature = (
         container_id, target_ref, timeout = None, *, compression = None, labels = None,
         annotations = None, message = None, author = None, insecure_registries = None,
+        extra_xattrs = None,
     ))]
     #[allow(clippy::too_many_arguments)] // one per keyword argument of the Python API
     fn commit_with_wait(
@@ -338,6 +348,7 @@ impl Client {
         message: Option<String>,
         author: Option<String>,
         insecure_registries: Option<Vec<String>>,
+        extra_xattrs: Option<Vec<String>>,
     ) -> PyResult<PySnapshotResult> {
         let timeout = opt_duration(py, "timeout", timeout, DEFAULT_TIMEOUT)?;
         let options = commit_options(
@@ -348,6 +359,7 @@ impl Client {
             message,
             author,
             insecure_registries,
+            extra_xattrs,
         )?;
         self.blocking(py, |s| {
             s.commit_with(container_id, target_ref, &options, Some(timeout))

@@ -62,6 +62,7 @@ def test_commit_with_wait_and_options(rig):
         "opts", rig.target("opts", "zstd"), timeout=PUSH_TIMEOUT,
         compression="zstd", labels={"team": "py"}, annotations={"note": "hi"},
         message="from python", author="pytest", insecure_registries=[],
+        extra_xattrs=["trusted."],
     )
     assert r.manifest_digest and r.layer is not None
     assert r.layer.media_type.endswith("tar+zstd")

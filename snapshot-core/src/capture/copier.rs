@@ -4,15 +4,17 @@
 //! else by `read`/`write`; symlinks, devices and fifos are recreated.
 //!
 //! Invariants: a regular file is opened `O_PATH`, checked to be the inode
-//! the walk saw, and only then reopened for reading (`crate::sys::fs`); a
-//! copy method that fails for want of support is switched off for the rest
-//! of the capture, once.
+//! the walk saw, and only then reopened for reading (`crate::sys::fs`),
+//! without blocking on a file lease ([`Copier::reopen`]); a copy method that
+//! fails for want of support by the filesystem is switched off for the rest
+//! of the capture, once, while a failure particular to one file falls back
+//! for that file only.
 
 use std::ffi::CStr;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -31,6 +33,10 @@ use crate::types::CaptureStrategy;
 
 /// Chunk size of one `copy_file_range` call (progress granularity).
 const CHUNK: usize = 64 << 20;
+
+/// How long, in all, the pre-copy waits for other processes to release the
+/// file leases that keep it from opening files (see [`Copier::reopen`]).
+const LEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Reports progress at most every 100 ms.
 pub(super) struct Prog<'a> {
@@ -69,6 +75,8 @@ pub(super) struct Copier {
     reflinked: u64,
     copied: u64,
     buf: Vec<u8>,
+    /// What is left of the time to wait for leases to be released.
+    lease_wait: Duration,
 }
 
 /// One entry of the source tree to copy: `name` in the open source
@@ -97,7 +105,20 @@ impl Copier {
             reflinked: 0,
             copied: 0,
             buf: Vec::new(),
+            lease_wait: LEASE_WAIT,
         }
+    }
+
+    /// From now on never wait for a lease to be released: the container is
+    /// frozen, and a frozen holder could never release one.
+    pub(super) fn no_waiting(&mut self) {
+        self.lease_wait = Duration::ZERO;
+    }
+
+    /// Files cloned and files copied so far.
+    #[cfg(test)]
+    pub(super) fn counts(&self) -> (u64, u64) {
+        (self.reflinked, self.copied)
     }
 
     /// How file data was (or, before any copy, will first be tried to be) copied.
@@ -167,7 +188,7 @@ impl Copier {
         if now.fmt() != libc::S_IFREG || now.key() != meta.key() {
             return Err(changed("open", up()));
         }
-        let f = reopen_read(&p).src("open", up)?;
+        let f = self.reopen(&p, up)?;
         drop(p);
         let f = File::from(f);
         let dpath = ctx.dp(rel);
@@ -189,6 +210,32 @@ impl Copier {
             true,
         )?;
         Ok(n)
+    }
+
+    /// Reopens `p` for reading. A file under another process's write lease
+    /// (`fcntl(F_SETLEASE)`) refuses at once, and the kernel asks the holder
+    /// to release it: the open is retried while some of the wait budget is
+    /// left (none once frozen, see [`Self::no_waiting`]). Still leased, it
+    /// is a race: the frozen sync tries once more, and there it is an error
+    /// rather than a window stalled until the kernel breaks the lease.
+    fn reopen(&mut self, p: &OwnedFd, path: impl Fn() -> PathBuf) -> FResult<OwnedFd> {
+        let mut nap = Duration::from_millis(1);
+        loop {
+            match reopen_read(p) {
+                Err(Errno::EWOULDBLOCK) => {}
+                r => return r.src("open", path),
+            }
+            if self.lease_wait.is_zero() {
+                return Err(Fail::Race(Error::Busy(format!(
+                    "{} is held by another process's file lease (fcntl F_SETLEASE) that was not released in time",
+                    path().display()
+                ))));
+            }
+            let n = nap.min(self.lease_wait);
+            std::thread::sleep(n);
+            self.lease_wait -= n;
+            nap = (nap * 2).min(Duration::from_millis(50));
+        }
     }
 
     /// Copies `size` bytes of data: a clone if possible, else the data
@@ -213,13 +260,12 @@ impl Copier {
                     return Ok(size as u64);
                 }
                 Err(e) => {
+                    // Only "this filesystem (pair) cannot clone" ends cloning;
+                    // EINVAL, ETXTBSY, EPERM... concern this one file (a
+                    // btrfs NOCOW file, a swap file): copy it, clone the rest.
                     if matches!(
                         e,
-                        Errno::EOPNOTSUPP
-                            | Errno::ENOTTY
-                            | Errno::EXDEV
-                            | Errno::EINVAL
-                            | Errno::ENOSYS
+                        Errno::EOPNOTSUPP | Errno::ENOTTY | Errno::EXDEV | Errno::ENOSYS
                     ) {
                         self.reflink = false;
                     }

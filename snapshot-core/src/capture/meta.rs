@@ -3,16 +3,42 @@
 //!
 //! Invariant: a path is clean only if its copy completed without a race, its
 //! stat is unchanged, and its ctime is older than the instant of the `lstat`
-//! by more than [`RACY_NS`] (a write in the same timestamp tick would keep
-//! the ctime: git's "racy clean" problem).
+//! by more than [`RACY_NS`] plus the granularity of the upper filesystem's
+//! timestamps (a write in the same timestamp tick would keep the ctime: git's
+//! "racy clean" problem). The granularity is read off the ctime itself
+//! ([`granularity_ns`]), so a filesystem with 1 s timestamps (ext4 with
+//! 128-byte inodes) gets a margin of seconds, not milliseconds.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::sys::stat::FileStat;
 
-/// An entry is re-copied if its recorded ctime is not older than this before
-/// the instant its `lstat` was taken.
+/// An entry is re-copied if its recorded ctime is not older than this (plus
+/// the timestamp granularity) before the instant its `lstat` was taken: the
+/// kernel stamps ctimes from a clock that lags by up to a tick.
 const RACY_NS: i128 = 50_000_000;
+
+/// The margin assumed for a ctime with no sub-second part: the filesystem
+/// may keep whole seconds only, or even two (FAT-like).
+const COARSE_NS: i128 = 2_000_000_000;
+
+/// An upper bound of the timestamp granularity of the filesystem that set
+/// a ctime, read off the ctime's nanoseconds: the kernel truncates every
+/// timestamp to the filesystem's granularity, a power of ten between 1 ns
+/// and 1 s, so the largest power of ten dividing `nsec` is at least that
+/// granularity. On a fine-grained filesystem this is almost always a few ns
+/// (1 in 10^k ctimes looks 10^k ns coarse, costing one needless re-copy at
+/// worst); a zero `nsec` means whole seconds, or an unlucky instant.
+fn granularity_ns(nsec: i64) -> i128 {
+    if nsec == 0 {
+        return COARSE_NS;
+    }
+    let mut g: i128 = 1;
+    while (nsec as i128) % (g * 10) == 0 {
+        g *= 10;
+    }
+    g
+}
 
 /// Current wall-clock time in ns since the epoch (what ctimes are taken from).
 pub(super) fn now_ns() -> i128 {
@@ -93,7 +119,63 @@ pub(super) struct Rec {
 impl Rec {
     /// Whether the copy made from this record still matches `now`.
     pub(super) fn clean(&self, now: &Meta) -> bool {
-        let ctime = self.meta.ctime.0 as i128 * 1_000_000_000 + self.meta.ctime.1 as i128;
-        self.ok && self.meta == *now && ctime < self.taken - RACY_NS
+        let (sec, nsec) = self.meta.ctime;
+        let ctime = sec as i128 * 1_000_000_000 + nsec as i128;
+        let margin = RACY_NS + granularity_ns(nsec);
+        self.ok && self.meta == *now && ctime < self.taken - margin
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn granularity_is_read_off_the_nanoseconds() {
+        assert_eq!(granularity_ns(0), COARSE_NS);
+        assert_eq!(granularity_ns(123_456_789), 1);
+        assert_eq!(granularity_ns(123_456_780), 10);
+        assert_eq!(granularity_ns(120_000_000), 10_000_000);
+        assert_eq!(granularity_ns(500_000_000), 100_000_000);
+    }
+
+    fn rec(ctime: (i64, i64), taken: i128) -> Rec {
+        let meta = Meta {
+            dev: 1,
+            ino: 2,
+            mode: libc::S_IFREG | 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            rdev: 0,
+            size: 4,
+            mtime: ctime,
+            ctime,
+        };
+        Rec {
+            meta,
+            atime: (0, 0),
+            taken,
+            ok: true,
+            seen: 1,
+        }
+    }
+
+    #[test]
+    fn whole_second_ctimes_stay_racy_for_seconds() {
+        let s = 1_000_000_000i128;
+        // Fine-grained: clean 50 ms (and a little) after the ctime.
+        let r = rec((100, 123_456_789), 100 * s + 300_000_000);
+        assert!(r.clean(&r.meta));
+        let r = rec((100, 123_456_789), 100 * s + 150_000_000);
+        assert!(!r.clean(&r.meta));
+        // Whole seconds: a write later in second 100 (or 101, on a 2 s
+        // filesystem) would keep the same ctime.
+        let r = rec((100, 0), 100 * s + 900_000_000);
+        assert!(!r.clean(&r.meta));
+        let r = rec((100, 0), 101 * s + 900_000_000);
+        assert!(!r.clean(&r.meta));
+        let r = rec((100, 0), 102 * s + 100_000_000);
+        assert!(r.clean(&r.meta));
     }
 }

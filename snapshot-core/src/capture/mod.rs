@@ -140,6 +140,9 @@ impl Capture {
     /// removes vanished ones and fixes metadata, leaving the capture dir
     /// exactly equal to the upper dir. No fsync. Every error is an error.
     pub(crate) fn sync_frozen(&mut self) -> Result<PhaseStats> {
+        // The window is no place to wait for a lease holder (who may be
+        // frozen itself).
+        self.copier.no_waiting();
         sync::sync_frozen(self)
     }
 

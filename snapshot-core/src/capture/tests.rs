@@ -16,6 +16,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+mod fs_quirks;
+
 #[derive(Debug, PartialEq)]
 struct Info {
     fmt: u32,
@@ -215,32 +217,41 @@ fn build_tricky(u: &Path) {
     chmod(&u.join("a/b/c"), 0o500);
 }
 
-/// An XFS filesystem with reflink, on a loop device, mounted in a temporary
-/// directory for the life of the value (unmounted on drop).
-struct XfsMount {
+/// A filesystem made by `mkfs` on a sparse loop image file, mounted in a
+/// temporary directory for the life of the value (unmounted on drop).
+struct LoopMount {
     // Dropped after the unmount in `drop`: holds the image and the mount point.
     dir: tempfile::TempDir,
 }
 
-impl XfsMount {
-    fn new() -> XfsMount {
+impl LoopMount {
+    /// `mkfs` (the program and its options; the image is appended) on an
+    /// image of `size` bytes.
+    fn new(mkfs: &[&str], size: u64) -> LoopMount {
         let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("xfs.img");
-        // XFS needs 300 MiB at least; the file stays sparse.
-        File::create(&img).unwrap().set_len(512 << 20).unwrap();
+        let img = dir.path().join("fs.img");
+        File::create(&img).unwrap().set_len(size).unwrap();
         let run = |cmd: &mut std::process::Command| {
             let st = cmd.status().unwrap();
             assert!(st.success(), "{cmd:?}: {st}");
         };
-        run(std::process::Command::new("mkfs.xfs")
-            .args(["-q", "-m", "reflink=1"])
-            .arg(&img));
+        let out = std::process::Command::new(mkfs[0])
+            .args(&mkfs[1..])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{mkfs:?}: {out:?}");
         std::fs::create_dir(dir.path().join("mnt")).unwrap();
         run(std::process::Command::new("mount")
             .args(["-o", "loop"])
             .arg(&img)
             .arg(dir.path().join("mnt")));
-        XfsMount { dir }
+        LoopMount { dir }
+    }
+
+    /// XFS with reflink (XFS needs 300 MiB at least; the file stays sparse).
+    fn xfs() -> LoopMount {
+        Self::new(&["mkfs.xfs", "-q", "-m", "reflink=1"], 512 << 20)
     }
 
     fn path(&self) -> PathBuf {
@@ -248,7 +259,7 @@ impl XfsMount {
     }
 }
 
-impl Drop for XfsMount {
+impl Drop for LoopMount {
     fn drop(&mut self) {
         // mount(8) set up the loop device to detach itself on unmount.
         if let Err(e) = nix::mount::umount(&self.path()) {
@@ -260,7 +271,7 @@ impl Drop for XfsMount {
 #[test]
 #[ignore = "needs root (mounts an XFS loop filesystem)"]
 fn reflink_on_xfs() {
-    let xfs = XfsMount::new();
+    let xfs = LoopMount::xfs();
     let t = tempfile::tempdir_in(xfs.path()).unwrap();
     let u = t.path().join("upper");
     std::fs::create_dir(&u).unwrap();

@@ -2,14 +2,14 @@
 //!
 //! A capture directory is an exact copy of an overlayfs upper dir, with
 //! overlay's on-disk conventions: whiteouts are character devices 0/0 and
-//! opaque directories carry `trusted.overlay.opaque` (or
-//! `user.overlay.opaque`) = `y`. They are converted to the OCI conventions
-//! (`.wh.<name>` files and `.wh..wh..opq` markers) while the tar stream is
-//! written, compressed and hashed in one pass.
+//! opaque directories carry `trusted.overlay.opaque` (or, on a mount with
+//! `userxattr`, `user.overlay.opaque`) = `y`. They are converted to the OCI
+//! conventions (`.wh.<name>` files and `.wh..wh..opq` markers) while the tar
+//! stream is written, compressed and hashed in one pass.
 //!
 //! Layout: [`walk`] (the tree to tar entries, with the conversions),
-//! [`xattrs`] (which xattrs a layer carries), [`tar`] (header encoding),
-//! [`compress`] (compression and the two digests). This module opens the
+//! [`xattrs`] (which xattrs a layer carries: [`XattrPolicy`]), [`tar`]
+//! (header encoding), [`compress`] (compression and the two digests). This module opens the
 //! blob, runs the pipeline and makes the result durable; the invariant it
 //! keeps is that a failed build leaves no blob behind.
 
@@ -30,6 +30,7 @@ use sha2::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::types::Compression;
 use compress::{Encoder, HashWriter};
+pub(crate) use xattrs::XattrPolicy;
 
 /// What was built.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -57,14 +58,15 @@ pub(crate) struct LayerBlob {
 /// is called periodically, and once at the end.
 ///
 /// Entries are sorted by name bytes within each directory, depth-first, so
-/// the same tree always gives the same bytes. On error the partial `out` is
-/// removed. Returns [`Error::Unsupported`] if the tree uses overlay redirects
-/// or metacopy, or holds a file whose name starts with `.wh.` (it would read
-/// as a whiteout).
+/// the same tree always gives the same bytes; they carry the xattrs that
+/// `xattrs` lets through. On error the partial `out` is removed. Returns
+/// [`Error::Unsupported`] if the tree uses overlay redirects or metacopy, or
+/// holds a file whose name starts with `.wh.` (it would read as a whiteout).
 pub(crate) fn build_layer(
     capture_dir: &Path,
     out: &Path,
     compression: Compression,
+    xattrs: &XattrPolicy,
     progress: &mut dyn FnMut(u64),
 ) -> Result<LayerBlob> {
     let md = fs::symlink_metadata(capture_dir).at("lstat", capture_dir)?;
@@ -81,7 +83,7 @@ pub(crate) fn build_layer(
         .open(out)
         .at("create", out)?;
     tracing::debug!(capture_dir = %capture_dir.display(), out = %out.display(), %compression, "building layer");
-    let res = build_into(file, capture_dir, out, compression, progress);
+    let res = build_into(file, capture_dir, out, compression, xattrs, progress);
     match &res {
         Ok(blob) => tracing::debug!(
             digest = %blob.digest, diff_id = %blob.diff_id, size = blob.size,
@@ -100,11 +102,13 @@ fn build_into(
     capture_dir: &Path,
     out: &Path,
     compression: Compression,
+    xattrs: &XattrPolicy,
     progress: &mut dyn FnMut(u64),
 ) -> Result<LayerBlob> {
     let blob = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
     let enc = Encoder::new(compression, blob).at("init compressor", out)?;
-    let (w, entries) = walk::write_archive(HashWriter::new(enc), capture_dir, out, progress)?;
+    let (w, entries) =
+        walk::write_archive(HashWriter::new(enc), capture_dir, out, xattrs, progress)?;
 
     let (tar_hash, uncompressed_size, enc) = w.into_parts();
     let blob = enc.finish().at("write", out)?;

@@ -69,6 +69,7 @@ fn make_tree(root: &Path) {
     setx(&a, "user.foo", b"bar\0\nbaz");
     setx(&a, "security.capability", &cap_value());
     setx(&a, "trusted.overlay.origin", b"junk");
+    setx(&a, "trusted.foo", b"host");
     fs::hard_link(&a, root.join("b.txt")).unwrap();
     set_mtime(&a, MTIME.0, MTIME.1);
 
@@ -205,7 +206,7 @@ fn pax(e: &Value, key: &str) -> Option<Vec<u8>> {
 }
 
 fn build(root: &Path, out: &Path, c: Compression) -> LayerBlob {
-    build_layer(root, out, c, &mut |_| {}).unwrap()
+    build_layer(root, out, c, &XattrPolicy::default(), &mut |_| {}).unwrap()
 }
 
 #[test]
@@ -239,7 +240,11 @@ fn full_tree_read_back_by_python_and_gnu_tar() {
     make_tree(&root);
     let out = tmp.path().join("layer.tar.gz");
     let mut reports = Vec::new();
-    let blob = build_layer(&root, &out, Compression::Gzip, &mut |n| reports.push(n)).unwrap();
+    let policy = XattrPolicy::default();
+    let blob = build_layer(&root, &out, Compression::Gzip, &policy, &mut |n| {
+        reports.push(n)
+    })
+    .unwrap();
     assert_eq!(blob.media_type, Compression::Gzip.media_type());
     let tar_bytes = check_digests(&blob);
     let tar_path = tmp.path().join("layer.tar");
@@ -280,8 +285,9 @@ fn full_tree_read_back_by_python_and_gnu_tar() {
         b"opq/.wh..wh..opq".to_vec(),
         b"opq/inner".to_vec(),
         b"tmp".to_vec(),
+        // user.overlay.opaque is the container's own xattr on a mount
+        // without userxattr.
         b"uopq".to_vec(),
-        b"uopq/.wh..wh..opq".to_vec(),
         b"zero".to_vec(),
     ]
     .into();
@@ -302,13 +308,16 @@ fn full_tree_read_back_by_python_and_gnu_tar() {
         pax(a, "SCHILY.xattr.security.capability").unwrap(),
         cap_value()
     );
+    // Neither overlay's own xattrs nor host-specific ones.
     assert!(
         a["pax"]
             .as_object()
             .unwrap()
             .keys()
-            .all(|k| !k.contains("overlay"))
+            .all(|k| !k.contains("overlay") && !k.contains("trusted"))
     );
+    let uopq = find(&entries, b"uopq");
+    assert_eq!(pax(uopq, "SCHILY.xattr.user.overlay.opaque").unwrap(), b"y");
     let b = find(&entries, b"b.txt");
     assert_eq!(b["type"], "1");
     assert_eq!(b["link"], hex::encode("a.txt"));
@@ -493,19 +502,41 @@ fn out_is_created_exclusively() {
     fs::create_dir(&root).unwrap();
     let out = tmp.path().join("l");
     fs::write(&out, b"keep").unwrap();
-    let e = build_layer(&root, &out, Compression::Gzip, &mut |_| {}).unwrap_err();
+    let e = build_layer(
+        &root,
+        &out,
+        Compression::Gzip,
+        &XattrPolicy::default(),
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(
         matches!(&e, Error::Io { source, path, .. } if source.kind() == io::ErrorKind::AlreadyExists && path == &out),
         "{e:?}"
     );
     assert_eq!(fs::read(&out).unwrap(), b"keep");
     // Not a directory.
-    let e = build_layer(&out, &tmp.path().join("m"), Compression::Gzip, &mut |_| {}).unwrap_err();
+    let m = tmp.path().join("m");
+    let e = build_layer(
+        &out,
+        &m,
+        Compression::Gzip,
+        &XattrPolicy::default(),
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument);
 }
 
 fn expect_unsupported(root: &Path, out: &Path) {
-    let e = build_layer(root, out, Compression::Gzip, &mut |_| {}).unwrap_err();
+    let e = build_layer(
+        root,
+        out,
+        Compression::Gzip,
+        &XattrPolicy::default(),
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported, "{e}");
     assert!(!out.exists(), "partial blob left behind");
 }
@@ -530,4 +561,108 @@ fn redirect_metacopy_and_wh_names_are_unsupported() {
     fs::create_dir(&r3).unwrap();
     fs::write(r3.join(".wh.x"), b"").unwrap();
     expect_unsupported(&r3, &tmp.path().join("o3"));
+}
+
+/// Sets `name` if the filesystem (or a security module) allows it.
+fn try_setx(path: &Path, name: &str, value: &[u8]) -> bool {
+    let n = CString::new(name).unwrap();
+    xattr::set(&XRef::path(path).unwrap(), &n, value)
+        .inspect_err(|e| eprintln!("lsetxattr {name}: {e}: not checked"))
+        .is_ok()
+}
+
+/// The PAX records of every entry of the tar built from `root` with `policy`.
+fn built_with(root: &Path, out: &Path, policy: &XattrPolicy) -> Vec<Value> {
+    let blob = build_layer(root, out, Compression::None, policy, &mut |_| {}).unwrap();
+    py_dump(&blob.path)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn xattr_policy_and_overlay_mount_modes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("capture");
+    fs::create_dir(&root).unwrap();
+    let f = root.join("f");
+    fs::write(&f, b"f").unwrap();
+    setx(&f, "user.foo", b"1");
+    setx(&f, "trusted.foo", b"2");
+    setx(&f, "security.capability", &cap_value());
+    let selinux = try_setx(&f, "security.selinux", b"system_u:object_r:etc_t:s0");
+    // Escaped by overlay (kernel 6.7+): the container's own xattrs named
+    // trusted.overlay.esc and user.overlay.esc.
+    setx(&f, "trusted.overlay.overlay.esc", b"t");
+    setx(&f, "user.overlay.overlay.esc", b"u");
+    let (topq, uopq) = (root.join("topq"), root.join("uopq"));
+    fs::create_dir(&topq).unwrap();
+    fs::create_dir(&uopq).unwrap();
+    setx(&topq, "trusted.overlay.opaque", b"y");
+    setx(&uopq, "user.overlay.opaque", b"y");
+    let keys = |entries: &[Value], name: &[u8]| -> Vec<String> {
+        let mut k: Vec<String> = find(entries, name)["pax"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter_map(|k| k.strip_prefix("SCHILY.xattr.").map(str::to_string))
+            .collect();
+        k.sort();
+        k
+    };
+    let names = |entries: &[Value]| -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| String::from_utf8(hex::decode(e["name"].as_str().unwrap()).unwrap()).unwrap())
+            .collect()
+    };
+
+    // The default policy, the mount without userxattr (the rig's, and
+    // containerd's default as root).
+    let e = built_with(&root, &tmp.path().join("l1"), &XattrPolicy::default());
+    assert_eq!(
+        keys(&e, b"f"),
+        [
+            "security.capability",
+            "user.foo",
+            "user.overlay.overlay.esc",
+        ]
+    );
+    assert_eq!(names(&e), ["f", "topq", "topq/.wh..wh..opq", "uopq"]);
+    assert_eq!(keys(&e, b"uopq"), ["user.overlay.opaque"]);
+
+    // The default policy, a mount with userxattr.
+    let userxattr = XattrPolicy {
+        userxattr: true,
+        extra: Vec::new(),
+    };
+    let e = built_with(&root, &tmp.path().join("l2"), &userxattr);
+    assert_eq!(
+        keys(&e, b"f"),
+        ["security.capability", "user.foo", "user.overlay.esc"]
+    );
+    assert_eq!(names(&e), ["f", "topq", "uopq", "uopq/.wh..wh..opq"]);
+    assert!(keys(&e, b"topq").is_empty());
+
+    // Opted in.
+    let extra = XattrPolicy {
+        userxattr: false,
+        extra: vec!["trusted.*".into(), "security.selinux".into()],
+    };
+    let e = built_with(&root, &tmp.path().join("l3"), &extra);
+    let mut want = vec![
+        "security.capability",
+        "trusted.foo",
+        "trusted.overlay.esc",
+        "user.foo",
+        "user.overlay.overlay.esc",
+    ];
+    if selinux {
+        want.insert(1, "security.selinux");
+    }
+    assert_eq!(keys(&e, b"f"), want);
+    let f_entry = find(&e, b"f");
+    assert_eq!(pax(f_entry, "SCHILY.xattr.trusted.foo").unwrap(), b"2");
+    assert_eq!(
+        pax(f_entry, "SCHILY.xattr.trusted.overlay.esc").unwrap(),
+        b"t"
+    );
 }

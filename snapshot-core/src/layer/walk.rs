@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::tar::{self, Entry, Kind};
-use super::xattrs::read_xattrs;
+use super::xattrs::{XattrPolicy, read_xattrs};
 use crate::error::{Error, IoContext, Result};
 
 /// The OCI whiteout prefix and opaque marker.
@@ -35,15 +35,18 @@ const READ_BUF: usize = 256 * 1024;
 /// Writes the whole archive of `capture_dir` (ending with the two zero
 /// blocks) to `w`, and reports the content bytes read once more at the end.
 /// Returns `w` and the number of entries written. Write errors name `out`.
+/// Entries carry the xattrs `xattrs` lets through.
 pub(super) fn write_archive<W: Write>(
     w: W,
     capture_dir: &Path,
     out: &Path,
+    xattrs: &XattrPolicy,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(W, u64)> {
     let mut w = Walker {
         w,
         out,
+        xattrs,
         links: HashMap::new(),
         entries: 0,
         read: 0,
@@ -64,6 +67,7 @@ pub(super) fn write_archive<W: Write>(
 struct Walker<'a, W: Write> {
     w: W,
     out: &'a Path,
+    xattrs: &'a XattrPolicy,
     /// First path emitted for each multiply-linked inode.
     links: HashMap<(u64, u64), Vec<u8>>,
     entries: u64,
@@ -145,7 +149,7 @@ impl<W: Write> Walker<'_, W> {
             self.links.insert(key, rel.clone());
         }
 
-        let x = read_xattrs(abs)?;
+        let x = read_xattrs(abs, self.xattrs)?;
         e.xattrs = x.emit;
         if ft.is_dir() {
             rel.push(b'/');
@@ -275,6 +279,7 @@ mod tests {
         let mut w = Walker {
             w: Vec::new(),
             out: Path::new("/out"),
+            xattrs: &XattrPolicy::default(),
             links: HashMap::new(),
             entries: 0,
             read: 0,

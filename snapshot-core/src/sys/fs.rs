@@ -114,9 +114,15 @@ pub(crate) fn open_path(parent: BorrowedFd<'_>, name: &CStr) -> nix::Result<Owne
 /// Reopens an [`open_path`] fd for reading through [`PROC_FD`], with
 /// `O_NOATIME` when allowed (`EPERM` for a file we do not own unless
 /// privileged: then without).
+///
+/// Always `O_NONBLOCK`: a file under another process's write lease
+/// (`fcntl(F_SETLEASE)`) then fails at once with `EWOULDBLOCK` (the lease
+/// break is started) instead of blocking until its holder releases it or the
+/// kernel's lease-break timeout (`/proc/sys/fs/lease-break-time`, 45 s)
+/// expires. Reads of a regular file ignore the flag.
 pub(crate) fn reopen_read(path_fd: &OwnedFd) -> nix::Result<OwnedFd> {
     let proc = format!("{PROC_FD}/{}", path_fd.as_raw_fd());
-    let ro = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let ro = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
     match nix::fcntl::open(proc.as_str(), ro | OFlag::O_NOATIME, Mode::empty()) {
         Err(Errno::EPERM) => nix::fcntl::open(proc.as_str(), ro, Mode::empty()),
         r => r,
