@@ -28,55 +28,60 @@ struct Cli {
     command: Command,
 }
 
+/// The arguments of `commit`.
+#[derive(clap::Args, Debug)]
+struct CommitArgs {
+    /// The container id.
+    #[arg(long)]
+    container: String,
+    /// The image reference to push to.
+    #[arg(long)]
+    target: String,
+    /// Wait until the image is pushed.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits (e.g. 10m, 90s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30m")]
+    timeout: Duration,
+    /// Layer compression.
+    #[arg(long, default_value = "gzip")]
+    compression: Compression,
+    /// A registry host reached over plain HTTP (loopback ones always are).
+    #[arg(long = "insecure-registry")]
+    insecure_registry: Vec<String>,
+    /// An xattr the layer carries beyond user.*, security.capability and
+    /// POSIX ACLs: a name, or a prefix ending in '.' or '*'.
+    #[arg(long = "xattr", value_name = "NAME")]
+    xattrs: Vec<String>,
+    /// History comment of the new layer.
+    #[arg(long, short = 'm')]
+    message: Option<String>,
+    /// History author.
+    #[arg(long)]
+    author: Option<String>,
+    /// An image config label, KEY=VALUE.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// A manifest annotation, KEY=VALUE.
+    #[arg(long = "annotation")]
+    annotations: Vec<String>,
+    /// Docker config.json with registry credentials.
+    #[arg(long)]
+    docker_config: Option<PathBuf>,
+    /// Where the capture directory goes (default: the state dir when on
+    /// the container's filesystem, else next to containerd's snapshots).
+    #[arg(long)]
+    capture_root: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Capture a running container and push it as an image.
-    Commit {
-        /// The container id.
-        #[arg(long)]
-        container: String,
-        /// The image reference to push to.
-        #[arg(long)]
-        target: String,
-        /// Wait until the image is pushed.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits (e.g. 10m, 90s).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30m")]
-        timeout: Duration,
-        /// Layer compression.
-        #[arg(long, default_value = "gzip")]
-        compression: Compression,
-        /// A registry host reached over plain HTTP (loopback ones always are).
-        #[arg(long = "insecure-registry")]
-        insecure_registry: Vec<String>,
-        /// An xattr the layer carries beyond user.*, security.capability and
-        /// POSIX ACLs: a name, or a prefix ending in '.' or '*'.
-        #[arg(long = "xattr", value_name = "NAME")]
-        xattrs: Vec<String>,
-        /// History comment of the new layer.
-        #[arg(long, short = 'm')]
-        message: Option<String>,
-        /// History author.
-        #[arg(long)]
-        author: Option<String>,
-        /// An image config label, KEY=VALUE.
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// A manifest annotation, KEY=VALUE.
-        #[arg(long = "annotation")]
-        annotations: Vec<String>,
-        /// Docker config.json with registry credentials.
-        #[arg(long)]
-        docker_config: Option<PathBuf>,
-        /// Where the capture directory goes (default: the state dir when on
-        /// the container's filesystem, else next to containerd's snapshots).
-        #[arg(long)]
-        capture_root: Option<PathBuf>,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    // Boxed: by far the largest variant.
+    Commit(Box<CommitArgs>),
     /// Show a snapshot's status.
     Status {
         /// The snapshot id.
@@ -173,22 +178,23 @@ fn parse_pairs(v: &[String], what: &str) -> Result<Vec<(String, String)>, Error>
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
-        Command::Commit {
-            container,
-            target,
-            wait,
-            timeout,
-            compression,
-            insecure_registry,
-            xattrs,
-            message,
-            author,
-            labels,
-            annotations,
-            docker_config,
-            capture_root,
-            json,
-        } => {
+        Command::Commit(args) => {
+            let CommitArgs {
+                container,
+                target,
+                wait,
+                timeout,
+                compression,
+                insecure_registry,
+                xattrs,
+                message,
+                author,
+                labels,
+                annotations,
+                docker_config,
+                capture_root,
+                json,
+            } = *args;
             let exe = std::env::current_exe().map_err(|source| Error::Io {
                 op: "locate own executable",
                 path: "/proc/self/exe".into(),
