@@ -9,8 +9,8 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use seamless_snapshot::{ContainerdSnapshotter, ErrorKind, SeamlessSnapshot};
-use seamless_snapshot_tests::{BASE_IMAGE, Kind, Rig, check_cmd, scan_tree, wait_until};
+use seamless_snapshot::{ContainerdSnapshotter, ErrorKind, SeamlessSnapshot, SnapshotResult};
+use seamless_snapshot_tests::{BASE_IMAGE, Rig, check_cmd, wait_until};
 use serde_json::Value;
 
 const PUSH_TIMEOUT: Duration = Duration::from_secs(300);
@@ -75,12 +75,30 @@ fn layers(manifest: &Value) -> Vec<(String, String, u64)> {
         .collect()
 }
 
-fn start(rig: &Rig, id: &str) {
-    rig.run_container(id, SCRIPT);
+/// Starts container `id` from `image` (with `ctr run` `flags`) and waits
+/// for its file.
+fn start(rig: &Rig, flags: &[&str], image: &str, id: &str) {
+    rig.run_image_with(flags, image, id, &["sh", "-c", SCRIPT]);
     wait_until(Duration::from_secs(10), || {
         rig.rootfs(id).join("data/mine").exists()
     })
     .expect("the container did not write its file");
+}
+
+/// The parent of a container's snapshot, as `ctr` shows it.
+fn snapshot_parent(rig: &Rig, id: &str) -> String {
+    let info = rig.ctr(&["snapshots", "--snapshotter", "overlayfs", "info", id]);
+    let info: Value = serde_json::from_str(&info).expect("snapshot info JSON");
+    info["Parent"].as_str().expect("Parent").to_string()
+}
+
+/// Commits `id` to a new target in the rig's registry and waits for the
+/// push; returns the result and the target.
+fn commit(rig: &Rig, id: &str) -> seamless_snapshot::Result<(SnapshotResult, String)> {
+    let snap = ContainerdSnapshotter::new(rig.config()).unwrap();
+    let target = rig.target(id, "1");
+    let r = snap.commit_with_wait(id, &target, PUSH_TIMEOUT)?;
+    Ok((r, target))
 }
 
 /// Checks that the pushed `target` is `base_manifest`'s layers plus one,
@@ -119,7 +137,7 @@ fn commit_after_the_base_name_moved() {
     let base_digest = target_of(&rig, BASE_IMAGE);
     let base_manifest = content(&rig, &base_digest);
     import_variants(&rig);
-    start(&rig, "retag");
+    start(&rig, &[], BASE_IMAGE, "retag");
 
     // The original stays under a second name (as CRI keeps a digest
     // reference of every image); its own name now points elsewhere.
@@ -127,11 +145,7 @@ fn commit_after_the_base_name_moved() {
     rig.ctr(&["images", "tag", "--force", DERIVED, BASE_IMAGE]);
     assert_eq!(target_of(&rig, BASE_IMAGE), target_of(&rig, DERIVED));
 
-    let snap = ContainerdSnapshotter::new(rig.config()).unwrap();
-    let target = rig.target("retag", "1");
-    let r = snap
-        .commit_with_wait("retag", &target, PUSH_TIMEOUT)
-        .unwrap();
+    let (r, target) = commit(&rig, "retag").unwrap();
     assert_eq!(r.base_image, "seamless.test/original:kept");
     check_pushed(&rig, &target, &base_manifest, &base_digest);
 }
@@ -153,32 +167,10 @@ fn commit_of_a_non_host_platform() {
         layers(&other_manifest),
         layers(&content(&rig, &target_of(&rig, BASE_IMAGE)))
     );
-
     let platform = format!("linux/{other_arch}");
-    rig.ctr(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--snapshotter",
-        "overlayfs",
-        "--platform",
-        &platform,
-        MULTI,
-        "foreign",
-        "sh",
-        "-c",
-        SCRIPT,
-    ]);
-    wait_until(Duration::from_secs(10), || {
-        rig.rootfs("foreign").join("data/mine").exists()
-    })
-    .expect("the container did not write its file");
+    start(&rig, &["--platform", &platform], MULTI, "foreign");
 
-    let snap = ContainerdSnapshotter::new(rig.config()).unwrap();
-    let target = rig.target("foreign", "1");
-    let r = snap
-        .commit_with_wait("foreign", &target, PUSH_TIMEOUT)
-        .unwrap();
+    let (r, target) = commit(&rig, "foreign").unwrap();
     assert_eq!(r.base_image, MULTI);
     check_pushed(&rig, &target, &other_manifest, other_digest);
 }
@@ -191,44 +183,12 @@ fn commit_of_a_user_namespaced_container() {
     let base_manifest = content(&rig, &base_digest);
     // ctr stacks such a container on `<chain ID>-<uid>-<gid>`, a copy of the
     // image's layers with shifted owners.
-    rig.ctr(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--snapshotter",
-        "overlayfs",
-        "--uidmap",
-        "0:100000:65536",
-        "--gidmap",
-        "0:100000:65536",
-        BASE_IMAGE,
-        "userns",
-        "sh",
-        "-c",
-        SCRIPT,
-    ]);
-    wait_until(Duration::from_secs(10), || {
-        rig.rootfs("userns").join("data/mine").exists()
-    })
-    .expect("the container did not write its file");
-    let info: Value = serde_json::from_str(&rig.ctr(&[
-        "snapshots",
-        "--snapshotter",
-        "overlayfs",
-        "info",
-        "userns",
-    ]))
-    .unwrap();
-    assert!(
-        info["Parent"].as_str().unwrap().ends_with("-100000-100000"),
-        "{info}"
-    );
+    let map = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"];
+    start(&rig, &map, BASE_IMAGE, "userns");
+    let parent = snapshot_parent(&rig, "userns");
+    assert!(parent.ends_with("-100000-100000"), "{parent}");
 
-    let snap = ContainerdSnapshotter::new(rig.config()).unwrap();
-    let target = rig.target("userns", "1");
-    let r = snap
-        .commit_with_wait("userns", &target, PUSH_TIMEOUT)
-        .unwrap();
+    let (r, target) = commit(&rig, "userns").unwrap();
     assert_eq!(r.base_image, BASE_IMAGE);
     check_pushed(&rig, &target, &base_manifest, &base_digest);
 }
@@ -240,23 +200,12 @@ fn commit_fails_when_no_image_has_the_base() {
     let base_manifest = content(&rig, &target_of(&rig, BASE_IMAGE));
     let base_config = content(&rig, base_manifest["config"]["digest"].as_str().unwrap());
     import_variants(&rig);
-    start(&rig, "orphan");
+    start(&rig, &[], BASE_IMAGE, "orphan");
     // containerd names the committed snapshot of the image's layers after
     // their chain ID (one layer: its diff ID), and that is the parent of
     // the container's snapshot.
-    let info: Value = serde_json::from_str(&rig.ctr(&[
-        "snapshots",
-        "--snapshotter",
-        "overlayfs",
-        "info",
-        "orphan",
-    ]))
-    .unwrap();
-    let parent = info["Parent"].as_str().unwrap().to_string();
-    assert_eq!(
-        base_config["rootfs"]["diff_ids"][0].as_str(),
-        Some(&*parent)
-    );
+    let parent = snapshot_parent(&rig, "orphan");
+    assert_eq!(base_config["rootfs"]["diff_ids"][0], *parent);
 
     // Nothing has the original's layers any more (containerd then collects
     // its manifest and config; `MULTI` has them for its other platform):
@@ -265,11 +214,7 @@ fn commit_fails_when_no_image_has_the_base() {
     rig.ctr(&["images", "tag", "--force", DERIVED, BASE_IMAGE]);
     let derived = target_of(&rig, DERIVED);
 
-    let snap = ContainerdSnapshotter::new(rig.config()).unwrap();
-    let target = rig.target("orphan", "1");
-    let e = snap
-        .commit_with_wait("orphan", &target, PUSH_TIMEOUT)
-        .unwrap_err();
+    let e = commit(&rig, "orphan").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidImage, "{e}");
     let msg = e.to_string();
     for part in ["container orphan", BASE_IMAGE, &parent, &derived, rig.ns()] {
@@ -280,11 +225,8 @@ fn commit_fails_when_no_image_has_the_base() {
     // Nothing frozen, nothing recorded, nothing left behind.
     assert_eq!(rig.task_status("orphan").as_deref(), Some("RUNNING"));
     assert!(!rig.cgroup("orphan").is_frozen());
+    let snap = ContainerdSnapshotter::new(rig.config()).unwrap();
     assert!(snap.list().unwrap().is_empty());
-    let leftovers: Vec<_> = scan_tree(&rig.state_dir())
-        .into_iter()
-        .filter(|(_, e)| e.kind != Kind::Dir)
-        .map(|(p, _)| p)
-        .collect();
+    let leftovers = rig.state_dir_files();
     assert!(leftovers.is_empty(), "left in the state dir: {leftovers:?}");
 }
