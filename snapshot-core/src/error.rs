@@ -141,7 +141,8 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
-    /// Image data (manifest, config, index) is malformed.
+    /// Image data (manifest, config, index) is malformed, or no image in
+    /// containerd has the layers the container runs on.
     #[error("invalid image data: {0}")]
     InvalidImage(String),
 

@@ -114,47 +114,105 @@ pub fn is_index(media_type: &str, json: &[u8]) -> bool {
     }
 }
 
-/// Picks the manifest for the host platform (`linux` + the host
-/// architecture) from an OCI index or Docker manifest list.
-pub fn select_platform(index_json: &[u8]) -> Result<Descriptor> {
-    select_platform_for(index_json, "linux", host_architecture())
+/// The manifests an OCI index or Docker manifest list names, those for the
+/// host platform (`linux` + the host architecture) first, best variant
+/// first, then every other entry in index order.
+///
+/// Entries that are not well-formed descriptors are left out: they cannot be
+/// a base image, and one bad entry must not hide the others.
+pub fn index_manifests(index_json: &[u8]) -> Result<Vec<Descriptor>> {
+    index_manifests_for(index_json, "linux", host_architecture())
 }
 
-fn select_platform_for(index_json: &[u8], os: &str, arch: &str) -> Result<Descriptor> {
+fn index_manifests_for(index_json: &[u8], os: &str, arch: &str) -> Result<Vec<Descriptor>> {
     let doc: Value = serde_json::from_slice(index_json)
         .map_err(|e| Error::InvalidImage(format!("image index is not JSON: {e}")))?;
     let manifests = doc
         .get("manifests")
         .and_then(Value::as_array)
         .ok_or_else(|| Error::InvalidImage("image index has no manifests array".into()))?;
+    let mut ranked: Vec<(u8, Descriptor)> = manifests
+        .iter()
+        .filter_map(|m| {
+            let desc: Descriptor = serde_json::from_value(m.clone()).ok()?;
+            validate_digest(&desc.digest).ok()?;
+            Some((platform_rank(m.get("platform"), os, arch), desc))
+        })
+        .collect();
+    // Stable: equal ranks keep their index order, so the first of several
+    // indistinguishable variants wins, as container runtimes do.
+    ranked.sort_by_key(|(rank, _)| *rank);
+    Ok(ranked.into_iter().map(|(_, d)| d).collect())
+}
+
+/// How well an index entry's platform fits `os`/`arch`: 0 is best; other
+/// platforms and entries without one rank last.
+fn platform_rank(platform: Option<&Value>, os: &str, arch: &str) -> u8 {
+    const OTHER: u8 = 3;
+    let Some(p) = platform else { return OTHER };
+    let p_os = p.get("os").and_then(Value::as_str);
+    let p_arch = p.get("architecture").and_then(Value::as_str);
+    if p_os != Some(os) || p_arch != Some(arch) {
+        return OTHER;
+    }
     // arm64 images are published as plain `arm64` or `arm64/v8`; other
     // variants (e.g. arm/v6 vs arm/v7) cannot be told apart without reading
-    // the CPU, so the first match wins as container runtimes do.
-    let mut best: Option<(u8, &Value)> = None;
-    for m in manifests {
-        let Some(p) = m.get("platform") else { continue };
-        let p_os = p.get("os").and_then(Value::as_str);
-        let p_arch = p.get("architecture").and_then(Value::as_str);
-        if p_os != Some(os) || p_arch != Some(arch) {
-            continue;
-        }
-        let variant = p.get("variant").and_then(Value::as_str);
-        let rank = match (arch, variant) {
-            (_, None) => 1,
-            ("arm64", Some("v8")) => 0,
-            _ => 2,
-        };
-        if best.is_none_or(|(r, _)| rank < r) {
-            best = Some((rank, m));
-        }
+    // the CPU.
+    match (arch, p.get("variant").and_then(Value::as_str)) {
+        ("arm64", Some("v8")) => 0,
+        (_, None) => 1,
+        _ => 2,
     }
-    let (_, m) = best.ok_or_else(|| {
-        Error::InvalidImage(format!("image index has no manifest for {os}/{arch}"))
-    })?;
-    let desc: Descriptor = serde_json::from_value(m.clone())
-        .map_err(|e| Error::InvalidImage(format!("bad descriptor in image index: {e}")))?;
-    validate_digest(&desc.digest)?;
-    Ok(desc)
+}
+
+/// The chain ID of a stack of layers given by their diff IDs, bottom first
+/// (OCI image spec, "ChainID"): `ChainID(L0) = DiffID(L0)`,
+/// `ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(Ln))`. It is the
+/// name containerd gives the committed snapshot of those layers. `None` for
+/// no layers (a snapshot without parent).
+pub fn chain_id<S: AsRef<str>>(diff_ids: &[S]) -> Option<String> {
+    let (first, rest) = diff_ids.split_first()?;
+    let mut chain = first.as_ref().to_string();
+    for diff_id in rest {
+        chain = sha256_digest(format!("{chain} {}", diff_id.as_ref()).as_bytes());
+    }
+    Some(chain)
+}
+
+/// The `rootfs.diff_ids` of an image config, each a valid digest.
+pub fn config_diff_ids(config: &[u8]) -> Result<Vec<String>> {
+    let doc: Value = serde_json::from_slice(config)
+        .map_err(|e| Error::InvalidImage(format!("image config is not JSON: {e}")))?;
+    let ids = match &doc["rootfs"]["diff_ids"] {
+        // An image without layers may leave the list out.
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(ids) => ids,
+        _ => {
+            return Err(Error::InvalidImage(
+                "image config rootfs.diff_ids is not an array".into(),
+            ));
+        }
+    };
+    ids.iter()
+        .map(|v| {
+            let d = v.as_str().ok_or_else(|| {
+                Error::InvalidImage(format!("image config diff_id {v} is not a string"))
+            })?;
+            validate_digest(d)?;
+            Ok(d.to_string())
+        })
+        .collect()
+}
+
+/// The config digest a manifest names.
+pub fn manifest_config_digest(manifest: &[u8]) -> Result<String> {
+    let doc: Value = serde_json::from_slice(manifest)
+        .map_err(|e| Error::InvalidImage(format!("manifest is not JSON: {e}")))?;
+    let digest = doc["config"]["digest"]
+        .as_str()
+        .ok_or_else(|| Error::InvalidImage("manifest has no config digest".into()))?;
+    validate_digest(digest)?;
+    Ok(digest.to_string())
 }
 
 fn validate_digest(d: &str) -> Result<()> {
@@ -579,32 +637,92 @@ mod tests {
         .into_bytes()
     }
 
+    fn digests(v: &[Descriptor]) -> Vec<String> {
+        v.iter().map(|d| d.digest.clone()).collect()
+    }
+
     #[test]
-    fn select_platform_picks_matching_entry() {
-        let amd = select_platform_for(&index(), "linux", "amd64").unwrap();
+    fn index_manifests_host_platform_first() {
+        let amd = index_manifests_for(&index(), "linux", "amd64").unwrap();
         assert_eq!(
-            amd,
+            amd[0],
             Descriptor {
                 media_type: OCI_MANIFEST.into(),
                 digest: d('1'),
                 size: 1
             }
         );
+        // Every other entry follows, in index order.
+        assert_eq!(digests(&amd), [d('1'), d('5'), d('2'), d('3'), d('4')]);
         assert_eq!(
-            select_platform_for(&index(), "linux", "arm64")
-                .unwrap()
-                .digest,
-            d('3')
+            digests(&index_manifests_for(&index(), "linux", "arm64").unwrap()),
+            [d('3'), d('5'), d('1'), d('2'), d('4')]
         );
+        // No entry for the platform: all of them, in index order.
+        assert_eq!(
+            digests(&index_manifests_for(&index(), "linux", "s390x").unwrap()),
+            [d('5'), d('1'), d('2'), d('3'), d('4')]
+        );
+        // The host (amd64 or arm64 here) comes first.
+        let host = index_manifests(&index()).unwrap();
+        assert!(host[0].digest == d('1') || host[0].digest == d('3'));
         assert!(matches!(
-            select_platform_for(&index(), "linux", "s390x"),
+            index_manifests(b"{}"),
             Err(Error::InvalidImage(_))
         ));
-        // The host (amd64 or arm64 here) is in the index.
-        let host = select_platform(&index()).unwrap();
-        assert!(host.digest == d('1') || host.digest == d('3'));
+        // A malformed entry is left out, the others kept.
+        let idx = json!({"manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": "sha256:nothex", "size": 1},
+            {"digest": d('2')},
+            {"mediaType": OCI_MANIFEST, "digest": d('3'), "size": 3}
+        ]})
+        .to_string();
+        assert_eq!(digests(&index_manifests(idx.as_bytes()).unwrap()), [d('3')]);
+    }
+
+    #[test]
+    fn chain_ids() {
+        // Computed by hand:
+        //   printf '%s' "$A $B" | sha256sum
+        //   printf '%s' "sha256:<that> $C" | sha256sum
+        // which also matched the snapshot names containerd 1.6 gave the
+        // layers of a two-layer image on the test rig.
+        let a = "sha256:a7da2161504b62212c7511b6157796fb258af90bddbce88d28faebbffb680cff";
+        let b = "sha256:e59188c6156adbd82ef9e30d932dc656ec3463f8f970c8a1502f5fb09443ef81";
+        let c = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(chain_id::<&str>(&[]), None);
+        assert_eq!(chain_id(&[a]).as_deref(), Some(a));
+        assert_eq!(
+            chain_id(&[a, b]).as_deref(),
+            Some("sha256:3dfdb1283697597c73054b61b49434a915e68aa8e6fa182370c929e55dc0fe6e")
+        );
+        assert_eq!(
+            chain_id(&[a, b, c]).as_deref(),
+            Some("sha256:98de8ddb143fac64f1c34607cd4ec625c26a5e73cbe338e9452deaea97fb12af")
+        );
+        // Order matters.
+        assert_ne!(chain_id(&[b, a]), chain_id(&[a, b]));
+    }
+
+    #[test]
+    fn config_diff_ids_and_manifest_config() {
+        assert_eq!(config_diff_ids(&base_config()).unwrap(), [d('a'), d('b')]);
+        assert!(config_diff_ids(b"{}").unwrap().is_empty());
+        for bad in [
+            &b"nope"[..],
+            br#"{"rootfs": {"diff_ids": "x"}}"#,
+            br#"{"rootfs": {"diff_ids": [1]}}"#,
+            br#"{"rootfs": {"diff_ids": ["sha256:short"]}}"#,
+        ] {
+            assert!(
+                matches!(config_diff_ids(bad), Err(Error::InvalidImage(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(manifest_config_digest(&base_manifest()).unwrap(), d('c'));
         assert!(matches!(
-            select_platform(b"{}"),
+            manifest_config_digest(br#"{"layers": []}"#),
             Err(Error::InvalidImage(_))
         ));
     }

@@ -280,7 +280,7 @@ impl ContainerdSnapshotter {
             .await?;
             let container = client.container(container_id).await?;
             let mount = client.overlay_mount(&container).await?;
-            let base = client.base_image(&container.image).await?;
+            let base = client.base_image(&container).await?;
             let pids = client.task_pids(container_id).await?;
             Ok::<_, Error>((client, container, mount, base, pids))
         })?;

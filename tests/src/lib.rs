@@ -194,6 +194,16 @@ impl Rig {
         self.tmp().join("state")
     }
 
+    /// The files (not directories) in [`Self::state_dir`]: a commit refused
+    /// before it started leaves none.
+    pub fn state_dir_files(&self) -> Vec<PathBuf> {
+        scan_tree(&self.state_dir())
+            .into_iter()
+            .filter(|(_, e)| e.kind != Kind::Dir)
+            .map(|(p, _)| p)
+            .collect()
+    }
+
     /// A library configuration for this namespace.
     pub fn config(&self) -> Config {
         Config {
@@ -233,15 +243,15 @@ impl Rig {
     /// Starts a container from `image` (in this namespace) running `args`,
     /// detached, on the overlayfs snapshotter.
     pub fn run_image(&self, image: &str, id: &str, args: &[&str]) {
-        let mut a = vec![
-            "run",
-            "-d",
-            "--null-io",
-            "--snapshotter",
-            "overlayfs",
-            image,
-            id,
-        ];
+        self.run_image_with(&[], image, id, args);
+    }
+
+    /// [`Self::run_image`] with more `ctr run` flags (`--platform`,
+    /// `--uidmap`, ...).
+    pub fn run_image_with(&self, flags: &[&str], image: &str, id: &str, args: &[&str]) {
+        let mut a = vec!["run", "-d", "--null-io", "--snapshotter", "overlayfs"];
+        a.extend_from_slice(flags);
+        a.extend_from_slice(&[image, id]);
         a.extend_from_slice(args);
         self.ctr(&a);
         // ctr returns once the task is started; a short-lived one may

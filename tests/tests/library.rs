@@ -314,10 +314,6 @@ fn error_cases() {
 
     // Nothing left behind: no job recorded, no capture, no blob.
     assert!(snap.list().unwrap().is_empty());
-    let leftovers: Vec<_> = scan_tree(&rig.state_dir())
-        .into_iter()
-        .filter(|(_, e)| e.kind != Kind::Dir)
-        .map(|(p, _)| p)
-        .collect();
+    let leftovers = rig.state_dir_files();
     assert!(leftovers.is_empty(), "left in the state dir: {leftovers:?}");
 }

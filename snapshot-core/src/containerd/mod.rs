@@ -1,21 +1,24 @@
 //! Resolving a container through containerd's gRPC API: its task, its
-//! overlayfs mount and its base image.
+//! overlayfs mount and its base image (identified by its snapshot's parent,
+//! not by the image name it records: see `base`).
+
+mod base;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use containerd_client::services::v1::snapshots::MountsRequest;
+use containerd_client::services::v1::snapshots::{MountsRequest, StatSnapshotRequest};
 use containerd_client::services::v1::{
-    GetContainerRequest, GetImageRequest, GetRequest as GetTaskRequest, ListPidsRequest,
-    ReadContentRequest,
+    GetContainerRequest, GetImageRequest, GetRequest as GetTaskRequest, ListImagesRequest,
+    ListPidsRequest, ReadContentRequest,
 };
 use containerd_client::tonic::{self, Code, Request, metadata::MetadataValue};
 use futures_util::stream::{BoxStream, StreamExt};
 
 use crate::error::{Error, Result};
-use crate::image::{self, Descriptor};
+use crate::image::Descriptor;
 use crate::procfs::mountinfo;
 
 /// What containerd knows of a running container.
@@ -49,7 +52,8 @@ pub struct OverlayMount {
 /// The base image of a container, read from containerd's content store.
 #[derive(Debug, Clone)]
 pub struct BaseImage {
-    /// The containerd image name.
+    /// The containerd image name it was found under: the container's own,
+    /// or another name of the same image when that one was re-tagged.
     pub name: String,
     /// The descriptor of the platform manifest used.
     pub manifest_descriptor: Descriptor,
@@ -235,20 +239,6 @@ impl ContainerdClient {
         }
     }
 
-    /// Reads a whole blob from the content store (for small blobs: manifests, configs).
-    pub async fn read_content(&self, digest: &str) -> Result<Vec<u8>> {
-        let mut stream = self.content_stream(digest).await?.ok_or_else(|| {
-            Error::InvalidImage(format!(
-                "blob {digest} is not in containerd's content store"
-            ))
-        })?;
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk?);
-        }
-        Ok(out)
-    }
-
     /// A stream of a blob from the content store, or `None` when absent.
     pub async fn content_stream(
         &self,
@@ -280,8 +270,96 @@ impl ContainerdClient {
         Ok(Some(mapped.boxed()))
     }
 
-    /// The container's base image: platform manifest and config.
-    pub async fn base_image(&self, name: &str) -> Result<BaseImage> {
+    /// The container's base image: the manifest and config whose layers
+    /// are the ones its root filesystem stacks on (see `base`). Fails with
+    /// [`Error::InvalidImage`] when no image of the namespace has them.
+    pub async fn base_image(&self, container: &ContainerInfo) -> Result<BaseImage> {
+        let chain = self.base_chain(container).await?;
+        let mut visited = std::collections::HashSet::new();
+        let mut named = Vec::new();
+        if let Some(target) = self.image_target(&container.image).await? {
+            let found = base::find_in_image(
+                self,
+                &container.image,
+                target,
+                chain.as_deref(),
+                &mut visited,
+                &mut named,
+            )
+            .await?;
+            if let Some(b) = found {
+                return Ok(b);
+            }
+        }
+        // The name moved since the container started: another name (a
+        // digest reference, a second tag) may still hold the original.
+        let mut others = Vec::new();
+        for (name, target) in self.list_images().await? {
+            if name == container.image {
+                continue;
+            }
+            let found = base::find_in_image(
+                self,
+                &name,
+                target,
+                chain.as_deref(),
+                &mut visited,
+                &mut others,
+            )
+            .await?;
+            if let Some(b) = found {
+                return Ok(b);
+            }
+        }
+        Err(Error::InvalidImage(base::no_match_message(
+            &container.id,
+            &container.image,
+            &self.namespace_name,
+            chain.as_deref(),
+            &named,
+        )))
+    }
+
+    /// The chain ID of the image layers under the container's snapshot
+    /// (`None`: no parent): its parent's name, as containerd's unpacker
+    /// names committed layers, seen through a user-namespace remap.
+    async fn base_chain(&self, container: &ContainerInfo) -> Result<Option<String>> {
+        let parent = self
+            .snapshot_parent(container, &container.snapshot_key)
+            .await?;
+        if parent.is_empty() {
+            return Ok(None);
+        }
+        // A chain ID has no '-': only a name with one can be a remap.
+        if parent.contains('-') {
+            let grandparent = self.snapshot_parent(container, &parent).await?;
+            if let Some(chain) = base::remapped_base(&parent, &grandparent) {
+                return Ok(Some(chain.to_string()));
+            }
+        }
+        Ok(Some(parent))
+    }
+
+    /// The parent of snapshot `key` of the container's snapshotter.
+    async fn snapshot_parent(&self, container: &ContainerInfo, key: &str) -> Result<String> {
+        let resp = self
+            .client
+            .snapshots()
+            .stat(self.request(StatSnapshotRequest {
+                snapshotter: container.snapshotter.clone(),
+                key: key.to_string(),
+            }))
+            .await
+            .map_err(|s| self.rpc_error(&format!("stat snapshot {key}"), &s))?;
+        let info = resp.into_inner().info.ok_or_else(|| Error::Containerd {
+            address: self.address.clone(),
+            message: format!("stat snapshot {key}: no info in the answer"),
+        })?;
+        Ok(info.parent)
+    }
+
+    /// What image `name` points at, or `None` when there is no such image.
+    async fn image_target(&self, name: &str) -> Result<Option<Descriptor>> {
         let resp = self
             .client
             .images()
@@ -294,46 +372,46 @@ impl ContainerdClient {
             Err(s) if s.code() == Code::NotFound => None,
             Err(s) => return Err(self.rpc_error("get image", &s)),
         };
-        let img = img.ok_or_else(|| {
-            Error::InvalidImage(format!(
-                "base image {name:?} is no longer in containerd namespace {}",
-                self.namespace_name
-            ))
-        })?;
-        let target = img
-            .target
-            .ok_or_else(|| Error::InvalidImage(format!("image {name:?} has no target")))?;
-        let mut desc = Descriptor {
-            media_type: target.media_type,
-            digest: target.digest,
-            size: u64::try_from(target.size).unwrap_or(0),
+        Ok(img.and_then(|i| i.target).map(descriptor))
+    }
+
+    /// Every image of the namespace: its name and what it points at.
+    async fn list_images(&self) -> Result<Vec<(String, Descriptor)>> {
+        let resp = self
+            .client
+            .images()
+            .list(self.request(ListImagesRequest {
+                filters: Vec::new(),
+            }))
+            .await
+            .map_err(|s| self.rpc_error("list images", &s))?;
+        Ok(resp
+            .into_inner()
+            .images
+            .into_iter()
+            .filter_map(|i| Some((i.name, descriptor(i.target?))))
+            .collect())
+    }
+}
+
+impl base::Blobs for ContainerdClient {
+    async fn read(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let Some(mut stream) = self.content_stream(digest).await? else {
+            return Ok(None);
         };
-        let mut manifest = self.read_content(&desc.digest).await?;
-        // An index (multi-platform image) is resolved to the host's platform;
-        // nested indexes are followed a few levels at most.
-        for _ in 0..4 {
-            if !image::is_index(&desc.media_type, &manifest) {
-                break;
-            }
-            desc = image::select_platform(&manifest)?;
-            manifest = self.read_content(&desc.digest).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
         }
-        let config_digest = serde_json::from_slice::<serde_json::Value>(&manifest)
-            .ok()
-            .and_then(|v| v["config"]["digest"].as_str().map(str::to_string))
-            .ok_or_else(|| {
-                Error::InvalidImage(format!(
-                    "manifest {} of {name:?} has no config",
-                    desc.digest
-                ))
-            })?;
-        let config = self.read_content(&config_digest).await?;
-        Ok(BaseImage {
-            name: name.to_string(),
-            manifest_descriptor: desc,
-            manifest,
-            config,
-        })
+        Ok(Some(out))
+    }
+}
+
+fn descriptor(d: containerd_client::types::Descriptor) -> Descriptor {
+    Descriptor {
+        media_type: d.media_type,
+        digest: d.digest,
+        size: u64::try_from(d.size).unwrap_or(0),
     }
 }
 
