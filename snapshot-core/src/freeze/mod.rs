@@ -4,7 +4,8 @@
 //! containerd's / runc's pause costs 5–17 ms of round trips; writing the
 //! cgroup freezer file ourselves and waiting for the kernel's confirmation
 //! costs well under a millisecond. The freezers ([`v2`], [`v1`], sharing
-//! [`control`], found by [`discover`]) do that; this module runs the window,
+//! [`control`], found by [`discover`] no higher than the container's own
+//! cgroup, [`scope`]) do that; this module runs the window,
 //! top to bottom in [`with_frozen`]: arm the dead-man switch ([`watchdog`]),
 //! go real-time ([`realtime`]), freeze, work, thaw, retire the watchdog.
 //!
@@ -18,6 +19,7 @@
 mod control;
 mod discover;
 mod realtime;
+mod scope;
 #[cfg(test)]
 mod tests;
 mod v1;

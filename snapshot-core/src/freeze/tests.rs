@@ -459,9 +459,11 @@ fn freezer_for_pid_finds_test_cgroups() {
 
 #[test]
 #[ignore = "needs root and cgroup v1 and v2 freezers"]
-fn freezer_for_pids_climbs_to_the_common_cgroup() {
+fn freezer_for_pids_climbs_to_the_common_cgroup_not_above_the_container() {
     for kind in [FreezerKind::V2, FreezerKind::V1] {
         let cg = TestCgroup::new(kind);
+        // The container's cgroup path, as its OCI cgroupsPath would say.
+        let top = format!("/{}", cg.dir.file_name().unwrap().to_string_lossy());
         // Like systemd in a container: init in one child cgroup, another
         // process in a sibling.
         let (a, b) = (cg.dir.join("a"), cg.dir.join("b"));
@@ -470,23 +472,43 @@ fn freezer_for_pids_climbs_to_the_common_cgroup() {
         let mut other = Command::new("sleep").arg("30").spawn().unwrap();
         std::fs::write(a.join("cgroup.procs"), cg.child.id().to_string()).unwrap();
         std::fs::write(b.join("cgroup.procs"), other.id().to_string()).unwrap();
+        let init = cg.child.id();
+        let both = [init, other.id()];
 
-        let alone = freezer_for_pids(cg.child.id(), &[cg.child.id()]).unwrap();
-        assert_eq!(alone.path(), a);
-        let both = freezer_for_pids(cg.child.id(), &[cg.child.id(), other.id()]);
+        let alone = freezer_for_pids(init, &[init], None).map(|f| f.path().to_owned());
+        let climbed = freezer_for_pids(init, &both, Some(&top)).map(|f| f.path().to_owned());
+        // The container's own cgroup is `a`, or unknown: `b` is outside it,
+        // and the common cgroup above may hold other workloads.
+        let a_path = format!("{top}/a");
+        let not_above_a = freezer_for_pids(init, &both, Some(&a_path)).err();
+        let not_above_init = freezer_for_pids(init, &both, None).err();
+        // Init itself outside the container's cgroup.
+        let init_elsewhere = freezer_for_pids(init, &[init], Some(&format!("{top}/b"))).err();
         // A process outside the container's tree: never climb to a cgroup
-        // that holds us (the root here).
-        let outside = freezer_for_pids(cg.child.id(), &[cg.child.id(), std::process::id()]);
+        // that holds us (the root here), even when told it is the top.
+        let with_us = freezer_for_pids(init, &[init, std::process::id()], Some("/")).err();
 
         let _ = other.kill();
         let _ = other.wait();
-        std::fs::write(cg.dir.join("cgroup.procs"), cg.child.id().to_string()).unwrap();
+        std::fs::write(cg.dir.join("cgroup.procs"), init.to_string()).unwrap();
         std::fs::remove_dir(&a).unwrap();
         std::fs::remove_dir(&b).unwrap();
 
-        assert_eq!(both.unwrap().path(), cg.dir);
-        let e = outside.err().unwrap();
-        assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported, "{e}");
+        assert_eq!(alone.unwrap(), a);
+        assert_eq!(climbed.unwrap(), cg.dir);
+        for (what, e) in [
+            ("above a", not_above_a),
+            ("above init", not_above_init),
+            ("init elsewhere", init_elsewhere),
+            ("holding us", with_us),
+        ] {
+            let e = e.unwrap_or_else(|| panic!("{kind:?} {what}: a freezer was chosen"));
+            assert_eq!(
+                e.kind(),
+                crate::error::ErrorKind::Unsupported,
+                "{what}: {e}"
+            );
+        }
     }
 }
 
