@@ -15,7 +15,7 @@ const BOUND: Duration = Duration::from_secs(10);
 const KINDS: [WatchdogKind; 2] = [WatchdogKind::Program, WatchdogKind::Forked];
 
 fn arm(kind: WatchdogKind, path: &Path, bytes: &'static [u8], bound: Duration) -> Watchdog {
-    let wd = Watchdog::arm_as(Some(kind), path, bytes, bound).unwrap();
+    let wd = Watchdog::arm_as(Some(kind), spawn::PROGRAM, path, bytes, bound).unwrap();
     assert_eq!(wd.kind(), kind);
     wd
 }
@@ -120,6 +120,19 @@ fn a_killed_watchdog_is_followed_by_a_thaw_at_once() {
         }
         assert_eq!(wd.disarm().unwrap(), WatchdogOutcome::Vanished, "{kind:?}");
     }
+}
+
+/// Where the program cannot run, the watchdog is forked instead.
+#[test]
+fn a_program_that_cannot_run_falls_back_to_a_fork() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let wd = Watchdog::arm_as(None, b"not an executable", file.path(), b"0", BOUND).unwrap();
+    assert_eq!(wd.kind(), WatchdogKind::Forked);
+    assert_eq!(
+        wd.fire_now().unwrap(),
+        WatchdogOutcome::Fired { thaw_written: true }
+    );
+    assert_eq!(std::fs::read_to_string(file.path()).unwrap(), "0");
 }
 
 #[test]
