@@ -293,7 +293,8 @@ impl ContainerdSnapshotter {
         let _lock = try_lock_dir(&mount.upper, || {
             format!("another commit of container {container_id} is in progress")
         })?;
-        let freezer = freeze::freezer_for_pids(container.pid, &pids)?;
+        let freezer =
+            freeze::freezer_for_pids(container.pid, &pids, container.cgroups_path.as_deref())?;
         ensure_not_frozen(freezer.as_ref(), container_id)?;
         // Where the capture goes, and whether it and the blob fit: refused
         // before any job or capture exists.

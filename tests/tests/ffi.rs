@@ -184,9 +184,10 @@ fn c_example_commits_a_running_container() {
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn c_example_is_clean_under_valgrind() {
     let rig = Rig::new();
-    // --child-silent-after-fork: the library's freeze watchdog is a forked
-    // copy of this process that leaves with _exit; a leak report of the
-    // parent's heap in that copy says nothing about the library.
+    // --child-silent-after-fork: where the library's freeze watchdog cannot
+    // be its own program, it is a forked copy of this process that leaves
+    // with _exit; a leak report of the parent's heap in that copy says
+    // nothing about the library.
     let valgrind = [
         "valgrind",
         "--leak-check=full",

@@ -16,6 +16,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::tonic::{self, Code, Request, metadata::MetadataValue};
 use futures_util::stream::{BoxStream, StreamExt};
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
@@ -34,6 +35,9 @@ pub struct ContainerInfo {
     pub snapshot_key: String,
     /// The pid of its init process.
     pub pid: u32,
+    /// Its OCI runtime spec's `linux.cgroupsPath`: its own cgroup, the
+    /// highest one a commit may freeze (`None` when unset).
+    pub cgroups_path: Option<String>,
 }
 
 /// The kernel overlayfs mount of a container's root filesystem.
@@ -61,6 +65,30 @@ pub struct BaseImage {
     pub manifest: Vec<u8>,
     /// The config's bytes.
     pub config: Vec<u8>,
+}
+
+/// The part of an OCI runtime spec (the JSON in a container's `spec`) read
+/// here; everything else is ignored.
+#[derive(Debug, Deserialize)]
+struct RuntimeSpec {
+    #[serde(default)]
+    linux: Option<LinuxSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LinuxSpec {
+    #[serde(rename = "cgroupsPath", default)]
+    cgroups_path: Option<String>,
+}
+
+/// `linux.cgroupsPath` of an OCI runtime spec's JSON; `None` when unset or
+/// empty.
+fn spec_cgroups_path(json: &[u8]) -> serde_json::Result<Option<String>> {
+    let spec: RuntimeSpec = serde_json::from_slice(json)?;
+    Ok(spec
+        .linux
+        .and_then(|l| l.cgroups_path)
+        .filter(|p| !p.is_empty()))
 }
 
 /// A client bound to one containerd socket and namespace.
@@ -179,12 +207,20 @@ impl ContainerdClient {
                 status,
             });
         }
+        let cgroups_path = match &container.spec {
+            Some(spec) => spec_cgroups_path(&spec.value).map_err(|e| Error::Containerd {
+                address: self.address.clone(),
+                message: format!("container {id}: its spec is not an OCI runtime spec: {e}"),
+            })?,
+            None => None,
+        };
         Ok(ContainerInfo {
             id: id.to_string(),
             image: container.image,
             snapshotter: container.snapshotter,
             snapshot_key: container.snapshot_key,
             pid: process.pid,
+            cgroups_path,
         })
     }
 
@@ -567,6 +603,26 @@ mod tests {
         let e = check_mountinfo_text(b"1 0 0:1 / / rw - ext4 /dev/vda rw\n", Path::new("/u"))
             .unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn cgroups_path_from_the_runtime_spec() {
+        let spec = br#"{"ociVersion":"1.1.0","process":{"args":["sh"]},
+            "linux":{"cgroupsPath":"/ns/c1","namespaces":[{"type":"pid"}]}}"#;
+        assert_eq!(spec_cgroups_path(spec).unwrap().as_deref(), Some("/ns/c1"));
+        let systemd = br#"{"linux":{"cgroupsPath":"system.slice:cri-containerd:abc"}}"#;
+        assert_eq!(
+            spec_cgroups_path(systemd).unwrap().as_deref(),
+            Some("system.slice:cri-containerd:abc")
+        );
+        for none in [
+            &br#"{}"#[..],
+            br#"{"linux":{}}"#,
+            br#"{"linux":{"cgroupsPath":""}}"#,
+        ] {
+            assert_eq!(spec_cgroups_path(none).unwrap(), None);
+        }
+        assert!(spec_cgroups_path(b"not json").is_err());
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! Finding the freezer cgroup of a container's processes: from their
 //! `/proc/<pid>/cgroup` lines and this process's mount table to a cgroup
-//! directory, v2 or v1, and up to the nearest cgroup that holds them all.
+//! directory, v2 or v1, and up to the nearest cgroup that holds them all,
+//! but never above the container's own cgroup ([`super::scope`]).
 //!
-//! Invariants: a root cgroup (the whole host) and a cgroup that holds this
-//! process (freezing it would freeze the committer) are never chosen; a
-//! cgroup path with `..` (outside our cgroup namespace) resolves to nothing.
+//! Invariants: a root cgroup (the whole host), a cgroup that holds this
+//! process (freezing it would freeze the committer) and a cgroup above the
+//! container's OCI `cgroupsPath` (it may hold other workloads) are never
+//! chosen; a cgroup path with `..` (outside our cgroup namespace) resolves to
+//! nothing.
 
 use std::collections::HashSet;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use super::Freezer;
+use super::scope::container_cgroup;
 use super::v1::CgroupV1Freezer;
 use super::v2::{CgroupV2Freezer, V2_FREEZE};
 use crate::error::{Error, IoContext, Result};
@@ -50,6 +54,10 @@ pub(crate) struct FreezerDirs {
     pub(crate) v2: Option<PathBuf>,
     /// The process's v1 freezer cgroup directory, when usable.
     pub(crate) v1: Option<PathBuf>,
+    /// The cgroup paths of `v2` and `v1`, as `/proc/<pid>/cgroup` shows them.
+    pub(crate) v2_cgroup: Option<String>,
+    /// See `v2_cgroup`.
+    pub(crate) v1_cgroup: Option<String>,
     /// Why candidates were rejected (for error messages).
     pub(crate) rejected: Vec<String>,
 }
@@ -111,8 +119,8 @@ pub(crate) fn freezer_dirs(target: &str, own: &str, mountinfo: &[u8]) -> Freezer
         }
         (v2, _) => v2,
     };
-    dirs.v2 = v2.map(|(_, d)| d);
-    dirs.v1 = v1.map(|(_, d)| d);
+    (dirs.v2_cgroup, dirs.v2) = v2.unzip();
+    (dirs.v1_cgroup, dirs.v1) = v1.unzip();
     dirs
 }
 
@@ -120,25 +128,32 @@ pub(crate) fn freezer_dirs(target: &str, own: &str, mountinfo: &[u8]) -> Freezer
 /// `/proc/<pid>/cgroup` and `/proc/self/mountinfo` (see [`freezer_dirs`]).
 /// Prefers cgroup v2 when its directory has `cgroup.freeze`, else the v1
 /// freezer controller. [`Error::Unsupported`] when neither is usable.
+#[cfg(test)]
 pub(crate) fn freezer_for_pid(pid: u32) -> Result<Box<dyn Freezer>> {
+    locate(pid).map(|(freezer, _)| freezer)
+}
+
+/// [`freezer_for_pid`], with the process's cgroup path in the chosen
+/// freezer's hierarchy.
+fn locate(pid: u32) -> Result<(Box<dyn Freezer>, String)> {
     let read = |path: &str| std::fs::read_to_string(path).at("read", path);
     let target = read(&format!("/proc/{pid}/cgroup"))?;
     let own = read("/proc/self/cgroup")?;
     let mountinfo = std::fs::read("/proc/self/mountinfo").at("read", "/proc/self/mountinfo")?;
     let mut dirs = freezer_dirs(&target, &own, &mountinfo);
-    if let Some(dir) = dirs.v2.take() {
+    if let (Some(dir), Some(cgroup)) = (dirs.v2.take(), dirs.v2_cgroup.take()) {
         if dir.join(V2_FREEZE).exists() {
             let mut freezer = CgroupV2Freezer::new(dir)?;
             if let Some(v1) = &dirs.v1 {
                 freezer = freezer.with_v1_sibling(v1);
             }
-            return Ok(Box::new(freezer));
+            return Ok((Box::new(freezer), cgroup));
         }
         dirs.rejected
             .push(format!("{} has no {V2_FREEZE}", dir.display()));
     }
-    if let Some(dir) = dirs.v1.take() {
-        return Ok(Box::new(CgroupV1Freezer::new(dir)?));
+    if let (Some(dir), Some(cgroup)) = (dirs.v1.take(), dirs.v1_cgroup.take()) {
+        return Ok((Box::new(CgroupV1Freezer::new(dir)?), cgroup));
     }
     Err(Error::Unsupported(format!(
         "no usable cgroup freezer for pid {pid}: {}",
@@ -154,12 +169,26 @@ pub(crate) fn freezer_for_pid(pid: u32) -> Result<Box<dyn Freezer>> {
 /// processes): `init`'s own cgroup, or its nearest ancestor holding them all
 /// when some processes live in sibling cgroups (systemd inside a container
 /// moves itself to `<container>/init.scope`). Freezing is hierarchical, so the
-/// whole container stops. A cgroup that holds this process is never chosen.
-pub(crate) fn freezer_for_pids(init: u32, pids: &[u32]) -> Result<Box<dyn Freezer>> {
-    let mut freezer = freezer_for_pid(init)?;
+/// whole container stops. Never above the container's own cgroup, given by
+/// its OCI `cgroups_path` (see [`container_cgroup`]; without one, never above
+/// init's cgroup), and never a cgroup that holds this process:
+/// [`Error::Unsupported`] instead, with nothing frozen.
+pub(crate) fn freezer_for_pids(
+    init: u32,
+    pids: &[u32],
+    cgroups_path: Option<&str>,
+) -> Result<Box<dyn Freezer>> {
+    let (mut freezer, init_cgroup) = locate(init)?;
+    let top = container_cgroup(cgroups_path, &init_cgroup).map_err(|why| {
+        Error::Unsupported(format!(
+            "refusing to freeze the cgroup of container process {init}: {why}"
+        ))
+    })?;
+    // How far up the container's cgroup is: the only levels we may climb.
+    let depth = |p: &str| Path::new(p).components().count();
+    let mut climbs_left = depth(&init_cgroup).saturating_sub(depth(&top));
     let me = std::process::id();
-    // Deep nesting inside a container is rare; a handful of levels suffice.
-    for _ in 0..8 {
+    loop {
         let inside = pids_below(freezer.path())?;
         let missing: Vec<u32> = pids
             .iter()
@@ -171,14 +200,24 @@ pub(crate) fn freezer_for_pids(init: u32, pids: &[u32]) -> Result<Box<dyn Freeze
         if missing.is_empty() {
             return Ok(freezer);
         }
-        let parent = freezer.path().parent().map(Path::to_path_buf);
         let unsupported = |why: String| {
             Error::Unsupported(format!(
                 "container processes {missing:?} are outside cgroup {}: {why}",
                 freezer.path().display()
             ))
         };
-        let Some(parent) = parent else {
+        if climbs_left == 0 {
+            return Err(unsupported(match cgroups_path.filter(|p| !p.is_empty()) {
+                Some(raw) => format!(
+                    "that is the container's own cgroup (OCI cgroupsPath {raw:?}); \
+                     a cgroup above it may hold other workloads"
+                ),
+                None => "the container has no OCI cgroupsPath, so no cgroup above its \
+                         init's may be frozen"
+                    .to_owned(),
+            }));
+        }
+        let Some(parent) = freezer.path().parent().map(Path::to_path_buf) else {
             return Err(unsupported("no parent cgroup".into()));
         };
         if pids_below(&parent)?.contains(&me) {
@@ -191,11 +230,8 @@ pub(crate) fn freezer_for_pids(init: u32, pids: &[u32]) -> Result<Box<dyn Freeze
             .parent()
             .map_err(|e| unsupported(e.to_string()))?
             .ok_or_else(|| unsupported("no parent cgroup".into()))?;
+        climbs_left -= 1;
     }
-    Err(Error::Unsupported(format!(
-        "container processes are spread over cgroups more than 8 levels apart (below {})",
-        freezer.path().display()
-    )))
 }
 
 /// Every pid in the cgroup `dir` and its descendants.

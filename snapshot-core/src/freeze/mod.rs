@@ -4,20 +4,23 @@
 //! containerd's / runc's pause costs 5–17 ms of round trips; writing the
 //! cgroup freezer file ourselves and waiting for the kernel's confirmation
 //! costs well under a millisecond. The freezers ([`v2`], [`v1`], sharing
-//! [`control`], found by [`discover`]) do that; this module runs the window,
+//! [`control`], found by [`discover`] no higher than the container's own
+//! cgroup, [`scope`]) do that; this module runs the window,
 //! top to bottom in [`with_frozen`]: arm the dead-man switch ([`watchdog`]),
 //! go real-time ([`realtime`]), freeze, work, thaw, retire the watchdog.
 //!
 //! Invariants: the pause is measured honestly (freeze request → thaw
 //! complete, `CLOCK_MONOTONIC`); the container is never left frozen: the
-//! cgroup is thawed on every path out of [`with_frozen`], and the forked
-//! watchdog thaws it if the committing process dies inside the window or the
-//! window overruns its bound; a capture from a window the watchdog cut short
-//! is discarded.
+//! cgroup is thawed on every path out of [`with_frozen`], the watchdog (a
+//! process of its own, outside the committer's cgroups) thaws it if the
+//! committing process or its whole cgroup is killed inside the window or the
+//! window overruns its bound, and the committer thaws at once if the
+//! watchdog dies; a capture from a window cut short is discarded.
 
 mod control;
 mod discover;
 mod realtime;
+mod scope;
 #[cfg(test)]
 mod tests;
 mod v1;
@@ -115,12 +118,12 @@ fn no_panic<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
 /// measured pause. Blocking: call it from a blocking thread.
 ///
 /// A [`Watchdog`] is armed before the freeze and thaws the cgroup if this
-/// process dies, or once `bound` has elapsed since arming. The cgroup is
-/// thawed on every path (work error, work panic, freeze failure). If the
-/// watchdog fired, or the cgroup is no longer frozen when `work` returns
-/// (someone else thawed it), the copy may have seen a running container,
-/// so the result is discarded with [`Error::Freeze`] even if `work`
-/// succeeded.
+/// process dies, or once `bound` has elapsed since arming; if the watchdog
+/// dies, its monitor thaws at once. The cgroup is thawed on every path (work
+/// error, work panic, freeze failure). If the watchdog fired or died, or the
+/// cgroup is no longer frozen when `work` returns (someone else thawed it),
+/// the copy may have seen a running container, so the result is discarded
+/// with [`Error::Freeze`] even if `work` succeeded.
 /// `freeze_timeout` should be well below `bound`.
 pub(crate) fn with_frozen<T>(
     freezer: &dyn Freezer,
@@ -164,7 +167,7 @@ pub(crate) fn with_frozen<T>(
         thaw: t3 - t2,
     };
     tracing::debug!(cgroup = %freezer.path().display(), ?timing, "frozen window");
-    let fired = ended?;
+    let cut_short = ended?;
     let value = match outcome {
         Ok(result) => result?,
         Err(p) => {
@@ -174,14 +177,18 @@ pub(crate) fn with_frozen<T>(
             )));
         }
     };
-    if fired {
-        tracing::warn!(cgroup = %freezer.path().display(), ?bound, ?timing, "watchdog fired; capture discarded");
+    if let Some(outcome) = cut_short {
+        tracing::warn!(cgroup = %freezer.path().display(), ?bound, ?timing, ?outcome, "window cut short; capture discarded");
+        let why = match outcome {
+            WatchdogOutcome::Vanished => {
+                "the watchdog died inside the frozen window (the cgroup was thawed at once)"
+                    .to_owned()
+            }
+            _ => format!("frozen window exceeded bound {bound:?}"),
+        };
         return Err(freeze_error(
             freezer.path(),
-            format!(
-                "frozen window exceeded bound {bound:?} (pause {:?}); capture discarded",
-                timing.pause
-            ),
+            format!("{why} (pause {:?}); capture discarded", timing.pause),
         ));
     }
     match still_frozen {
@@ -201,23 +208,28 @@ pub(crate) fn with_frozen<T>(
 }
 
 /// Thaws and retires the watchdog; see [`retire_watchdog`].
-fn end_window(freezer: &dyn Freezer, watchdog: Watchdog) -> Result<bool> {
+fn end_window(freezer: &dyn Freezer, watchdog: Watchdog) -> Result<Option<WatchdogOutcome>> {
     let thawed = no_panic("thaw", || freezer.thaw());
     retire_watchdog(freezer, watchdog, thawed)
 }
 
-/// Retires the watchdog after our thaw attempt `thawed`. Ok(true) when the
-/// watchdog fired (the window was not fully frozen). Err when our thaw
+/// Retires the watchdog after our thaw attempt `thawed`. Ok(Some(outcome))
+/// when the window was cut short (the watchdog fired, or died and the
+/// monitor thawed): the window was not fully frozen. Err when our thaw
 /// failed (the cgroup may still be frozen).
-fn retire_watchdog(freezer: &dyn Freezer, watchdog: Watchdog, thawed: Result<()>) -> Result<bool> {
+fn retire_watchdog(
+    freezer: &dyn Freezer,
+    watchdog: Watchdog,
+    thawed: Result<()>,
+) -> Result<Option<WatchdogOutcome>> {
     match thawed {
         Ok(()) => Ok(match watchdog.disarm() {
-            Ok(WatchdogOutcome::Disarmed) => false,
-            Ok(WatchdogOutcome::Fired { .. } | WatchdogOutcome::Unknown) => true,
+            Ok(WatchdogOutcome::Disarmed) => None,
+            Ok(outcome) => Some(outcome),
             Err(e) => {
                 // We thawed ourselves; only the watchdog's verdict is lost.
                 tracing::warn!(error = %e, "watchdog status lost; capture discarded");
-                true
+                Some(WatchdogOutcome::Unknown)
             }
         }),
         Err(thaw_err) => {

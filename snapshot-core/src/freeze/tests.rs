@@ -459,9 +459,11 @@ fn freezer_for_pid_finds_test_cgroups() {
 
 #[test]
 #[ignore = "needs root and cgroup v1 and v2 freezers"]
-fn freezer_for_pids_climbs_to_the_common_cgroup() {
+fn freezer_for_pids_climbs_to_the_common_cgroup_not_above_the_container() {
     for kind in [FreezerKind::V2, FreezerKind::V1] {
         let cg = TestCgroup::new(kind);
+        // The container's cgroup path, as its OCI cgroupsPath would say.
+        let top = format!("/{}", cg.dir.file_name().unwrap().to_string_lossy());
         // Like systemd in a container: init in one child cgroup, another
         // process in a sibling.
         let (a, b) = (cg.dir.join("a"), cg.dir.join("b"));
@@ -470,23 +472,43 @@ fn freezer_for_pids_climbs_to_the_common_cgroup() {
         let mut other = Command::new("sleep").arg("30").spawn().unwrap();
         std::fs::write(a.join("cgroup.procs"), cg.child.id().to_string()).unwrap();
         std::fs::write(b.join("cgroup.procs"), other.id().to_string()).unwrap();
+        let init = cg.child.id();
+        let both = [init, other.id()];
 
-        let alone = freezer_for_pids(cg.child.id(), &[cg.child.id()]).unwrap();
-        assert_eq!(alone.path(), a);
-        let both = freezer_for_pids(cg.child.id(), &[cg.child.id(), other.id()]);
+        let alone = freezer_for_pids(init, &[init], None).map(|f| f.path().to_owned());
+        let climbed = freezer_for_pids(init, &both, Some(&top)).map(|f| f.path().to_owned());
+        // The container's own cgroup is `a`, or unknown: `b` is outside it,
+        // and the common cgroup above may hold other workloads.
+        let a_path = format!("{top}/a");
+        let not_above_a = freezer_for_pids(init, &both, Some(&a_path)).err();
+        let not_above_init = freezer_for_pids(init, &both, None).err();
+        // Init itself outside the container's cgroup.
+        let init_elsewhere = freezer_for_pids(init, &[init], Some(&format!("{top}/b"))).err();
         // A process outside the container's tree: never climb to a cgroup
-        // that holds us (the root here).
-        let outside = freezer_for_pids(cg.child.id(), &[cg.child.id(), std::process::id()]);
+        // that holds us (the root here), even when told it is the top.
+        let with_us = freezer_for_pids(init, &[init, std::process::id()], Some("/")).err();
 
         let _ = other.kill();
         let _ = other.wait();
-        std::fs::write(cg.dir.join("cgroup.procs"), cg.child.id().to_string()).unwrap();
+        std::fs::write(cg.dir.join("cgroup.procs"), init.to_string()).unwrap();
         std::fs::remove_dir(&a).unwrap();
         std::fs::remove_dir(&b).unwrap();
 
-        assert_eq!(both.unwrap().path(), cg.dir);
-        let e = outside.err().unwrap();
-        assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported, "{e}");
+        assert_eq!(alone.unwrap(), a);
+        assert_eq!(climbed.unwrap(), cg.dir);
+        for (what, e) in [
+            ("above a", not_above_a),
+            ("above init", not_above_init),
+            ("init elsewhere", init_elsewhere),
+            ("holding us", with_us),
+        ] {
+            let e = e.unwrap_or_else(|| panic!("{kind:?} {what}: a freezer was chosen"));
+            assert_eq!(
+                e.kind(),
+                crate::error::ErrorKind::Unsupported,
+                "{what}: {e}"
+            );
+        }
     }
 }
 
@@ -520,7 +542,7 @@ fn v1_bound_overrun_thaws() {
 }
 
 /// Not a test by itself: the committer process of
-/// `*_watchdog_thaws_after_committer_sigkill`, re-executed from this binary.
+/// `*_watchdog_thaws_after_committer_*`, re-executed from this binary.
 /// Run on its own it fails: it needs the cgroup its parent test made.
 #[test]
 #[ignore = "helper process, re-executed by the committer_sigkill tests"]
@@ -543,14 +565,75 @@ fn helper_committer() {
     });
 }
 
-fn committer_sigkill(kind: FreezerKind) {
+/// How a test kills the committer inside the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    /// SIGKILL to the committer process.
+    Process,
+    /// `cgroup.kill` of a cgroup v2 of its own that it joined before it
+    /// started (as a systemd unit stop or a pod deletion would).
+    Cgroup,
+}
+
+/// A cgroup v2 for a committer; killed (if still populated) and removed on
+/// drop.
+struct CommitterCgroup(PathBuf);
+
+impl CommitterCgroup {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = freezer_hierarchy(FreezerKind::V2).join(format!(
+            "seamless-test-committer-{}-{nanos:x}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&dir).unwrap();
+        CommitterCgroup(dir)
+    }
+
+    fn kill(&self) {
+        std::fs::write(self.0.join("cgroup.kill"), "1").unwrap();
+    }
+}
+
+impl Drop for CommitterCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..200 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("could not remove {}", self.0.display());
+    }
+}
+
+fn committer_killed(kind: FreezerKind, how: Kill) {
     let cg = TestCgroup::new(kind);
     let test_name = module_path!()
         .split_once("::")
         .map(|(_, rest)| format!("{rest}::helper_committer"))
         .unwrap();
     let label = if kind == FreezerKind::V2 { "v2" } else { "v1" };
-    let mut helper = Command::new(std::env::current_exe().unwrap())
+    let committer_cg = (how == Kill::Cgroup).then(CommitterCgroup::new);
+    let mut cmd = match &committer_cg {
+        // Joins its cgroup before it runs anything, watchdog included.
+        Some(c) => {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                    c.0.display()
+                ))
+                .arg(std::env::current_exe().unwrap());
+            cmd
+        }
+        None => Command::new(std::env::current_exe().unwrap()),
+    };
+    let mut helper = cmd
         .args([
             &test_name,
             "--exact",
@@ -578,22 +661,25 @@ fn committer_sigkill(kind: FreezerKind) {
         panic!("helper never reported FROZEN");
     }
     assert!(cg.frozen_on_disk());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(helper.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    match &committer_cg {
+        Some(c) => c.kill(),
+        None => nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(helper.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap(),
+    }
     let killed = Instant::now();
     helper.wait().unwrap();
     while cg.frozen_on_disk() {
         assert!(
-            killed.elapsed() < Duration::from_secs(5),
-            "still frozen 5 s after SIGKILL"
+            killed.elapsed() < Duration::from_secs(1),
+            "{kind:?}: still frozen 1 s after {how:?} kill of the committer"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
     println!(
-        "{kind:?}: thawed {:?} after SIGKILL of the committer",
+        "{kind:?}: thawed {:?} after {how:?} kill of the committer",
         killed.elapsed()
     );
 }
@@ -601,11 +687,116 @@ fn committer_sigkill(kind: FreezerKind) {
 #[test]
 #[ignore = "needs root and a cgroup v2 freezer"]
 fn v2_watchdog_thaws_after_committer_sigkill() {
-    committer_sigkill(FreezerKind::V2);
+    committer_killed(FreezerKind::V2, Kill::Process);
 }
 
 #[test]
 #[ignore = "needs root and a cgroup v1 freezer"]
 fn v1_watchdog_thaws_after_committer_sigkill() {
-    committer_sigkill(FreezerKind::V1);
+    committer_killed(FreezerKind::V1, Kill::Process);
+}
+
+#[test]
+#[ignore = "needs root and a cgroup v2 freezer"]
+fn v2_watchdog_thaws_after_committer_cgroup_kill() {
+    committer_killed(FreezerKind::V2, Kill::Cgroup);
+}
+
+#[test]
+#[ignore = "needs root, a cgroup v1 freezer and cgroup v2"]
+fn v1_watchdog_thaws_after_committer_cgroup_kill() {
+    committer_killed(FreezerKind::V1, Kill::Cgroup);
+}
+
+/// The pid of the watchdog writing to `thaw`: a child of ours holding it
+/// open (other tests' watchdogs hold other files).
+fn watchdog_of(thaw: &Path) -> u32 {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+    let children: Vec<u32> = tasks
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children
+        .into_iter()
+        .find(|c| {
+            std::fs::read_dir(format!("/proc/{c}/fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == thaw))
+            })
+        })
+        .expect("no watchdog child holds the thaw file")
+}
+
+/// The watchdog dies inside the window: the committer thaws at once, while
+/// its work still runs, and discards the window.
+#[test]
+fn a_dead_watchdog_thaws_at_once_and_discards() {
+    let f = FakeFreezer::new();
+    let r = with_frozen(&f, T, BOUND, || {
+        let wd = watchdog_of(f.thaw_file.path());
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(wd as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let killed = Instant::now();
+        while f.thaw_written() != "0" {
+            assert!(
+                killed.elapsed() < Duration::from_secs(1),
+                "no thaw 1 s after the watchdog died"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    });
+    match r {
+        Err(Error::Freeze { message, .. }) => {
+            assert!(message.contains("watchdog died"), "{message}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn dead_watchdog_thaws(kind: FreezerKind) {
+    let cg = TestCgroup::new(kind);
+    let f = cg.freezer();
+    let r = with_frozen(&*f, T, BOUND, || {
+        assert!(cg.frozen_on_disk());
+        let wd = watchdog_of(&f.thaw_command().0);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(wd as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let killed = Instant::now();
+        while cg.frozen_on_disk() {
+            assert!(
+                killed.elapsed() < Duration::from_secs(1),
+                "{kind:?}: still frozen 1 s after the watchdog died"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    });
+    assert!(
+        matches!(&r, Err(Error::Freeze { message, .. }) if message.contains("watchdog died")),
+        "{r:?}"
+    );
+    assert!(!cg.frozen_on_disk());
+}
+
+#[test]
+#[ignore = "needs root and a cgroup v2 freezer"]
+fn v2_dead_watchdog_thaws_at_once() {
+    dead_watchdog_thaws(FreezerKind::V2);
+}
+
+#[test]
+#[ignore = "needs root and a cgroup v1 freezer"]
+fn v1_dead_watchdog_thaws_at_once() {
+    dead_watchdog_thaws(FreezerKind::V1);
 }
