@@ -35,11 +35,10 @@ pub(super) struct Xattrs {
     pub(super) opaque: bool,
 }
 
-/// Reads the xattrs of `path` (not following symlinks).
-pub(super) fn read_xattrs(path: &Path) -> Result<Xattrs> {
-    let x = XRef::path(path)
-        .map_err(|_| Error::InvalidArgument(format!("path with NUL: {}", path.display())))?;
-    let list = match xattr::list(&x) {
+/// Reads the xattrs of `x` (an open file, or an entry not followed), the
+/// capture entry at `path`.
+pub(super) fn read_xattrs(x: &XRef<'_>, path: &Path) -> Result<Xattrs> {
+    let list = match xattr::list(x) {
         Ok(l) => l,
         Err(Errno::ENODATA) => return Ok(Xattrs::default()),
         Err(e) => return Err(Error::errno("llistxattr", path, e)),
@@ -54,7 +53,7 @@ pub(super) fn read_xattrs(path: &Path) -> Result<Xattrs> {
                 String::from_utf8_lossy(name)
             )));
         }
-        let value = match xattr::get(&x, cname) {
+        let value = match xattr::get(x, cname) {
             Ok(v) => v,
             // Removed since listed.
             Err(Errno::ENODATA | Errno::EOPNOTSUPP) => continue,
