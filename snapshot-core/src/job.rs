@@ -357,11 +357,9 @@ fn dir_content_bytes(dir: &Path) -> u64 {
 }
 
 /// Removes a capture directory whose capture failed (partial copies are
-/// useless); errors are logged.
+/// useless), however deep its tree; errors are logged.
 pub(crate) fn discard_capture(dir: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
+    if let Err(e) = crate::sys::fs::remove_all(dir) {
         tracing::warn!(path = %dir.display(), error = %e, "removing capture dir failed");
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, OFlag};
+use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fstat, mknodat};
 use nix::unistd::{Whence, ftruncate, lseek, symlinkat};
 
@@ -132,13 +132,15 @@ impl Copier {
         }
     }
 
-    /// Creates the non-directory `rel` in the capture dir from entry `name`
-    /// of the source directory `parent`, with all its metadata. Returns the
-    /// data bytes copied.
+    /// Creates the non-directory `rel` in the capture dir, as entry
+    /// `src.name` of its open directory `into`, from entry `name` of the
+    /// source directory `parent`, with all its metadata. Returns the data
+    /// bytes copied.
     pub(super) fn create(
         &mut self,
         ctx: &Ctx,
         src: &Source<'_>,
+        into: BorrowedFd<'_>,
         prog: &mut Prog<'_>,
     ) -> FResult<u64> {
         let Source {
@@ -148,24 +150,24 @@ impl Copier {
             meta,
             atime,
         } = *src;
-        let dpath = ctx.dp(rel);
+        let derr = |op| move |e| Error::errno(op, ctx.dp(rel), e);
         let fmt = meta.fmt();
         match fmt {
-            libc::S_IFREG => return self.copy_regular(ctx, src, prog),
+            libc::S_IFREG => return self.copy_regular(ctx, src, into, prog),
             libc::S_IFLNK => {
                 let target =
                     nix::fcntl::readlinkat(parent, name).src("readlink", || ctx.up(rel))?;
-                symlinkat(target.as_os_str(), AT_FDCWD, &dpath).at("symlink", &dpath)?;
+                symlinkat(target.as_os_str(), into, name).map_err(derr("symlink"))?;
             }
             libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => {
                 mknodat(
-                    AT_FDCWD,
-                    &dpath,
+                    into,
+                    name,
                     SFlag::from_bits_truncate(fmt),
                     Mode::from_bits_truncate(meta.mode & 0o777),
                     meta.rdev as libc::dev_t,
                 )
-                .at("mknod", &dpath)?;
+                .map_err(derr("mknod"))?;
             }
             _ => {
                 return Err(Fail::Fatal(Error::Internal(format!(
@@ -175,11 +177,17 @@ impl Copier {
             }
         }
         let src = XRef::at(parent, name).src("listxattr", || ctx.up(rel))?;
-        apply_meta(ctx, rel, &src, &Dst::Path(&dpath), meta, atime, true)?;
+        apply_meta(ctx, rel, &src, &Dst::At(into, name), meta, atime, true)?;
         Ok(0)
     }
 
-    fn copy_regular(&mut self, ctx: &Ctx, src: &Source<'_>, prog: &mut Prog<'_>) -> FResult<u64> {
+    fn copy_regular(
+        &mut self,
+        ctx: &Ctx,
+        src: &Source<'_>,
+        into: BorrowedFd<'_>,
+        prog: &mut Prog<'_>,
+    ) -> FResult<u64> {
         let (rel, meta) = (src.rel, src.meta);
         let up = || ctx.up(rel);
         let p = open_path(src.parent, src.name).src("open", up)?;
@@ -191,13 +199,13 @@ impl Copier {
         let f = self.reopen(&p, up)?;
         drop(p);
         let f = File::from(f);
-        let dpath = ctx.dp(rel);
-        let d = nix::fcntl::open(
-            &dpath,
+        let d = openat(
+            into,
+            src.name,
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )
-        .at("create", &dpath)?;
+        .map_err(|e| Error::errno("create", ctx.dp(rel), e))?;
         let d = File::from(d);
         let n = self.copy_data(ctx, rel, &f, &d, meta.size, prog)?;
         apply_meta(

@@ -1,61 +1,56 @@
 //! The capture side: removing entries from the capture directory and making
 //! an entry's owner, mode, xattrs and times equal to its source's.
 //!
-//! Invariants: the order is owner, then mode, then xattrs (chown clears
-//! setuid bits and `security.capability`), then times; the xattrs of the
-//! copy end up exactly those of the source, except an SELinux label the
-//! capture filesystem insists on ([`lenient_xattr`]). Source-side failures
-//! are classified as races or not ([`super::fail`]); capture-side ones are
-//! fatal.
+//! Invariants: every operation is relative to an open capture directory
+//! (its paths may be far longer than `PATH_MAX`); the order is owner, then
+//! mode, then xattrs (chown clears setuid bits and `security.capability`),
+//! then times; the xattrs of the copy end up exactly those of the source,
+//! except an SELinux label the capture filesystem insists on
+//! ([`lenient_xattr`]). Source-side failures are classified as races or not
+//! ([`super::fail`]); capture-side ones are fatal.
 
 use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
-use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, AtFlags};
-use nix::sys::stat::{
-    FchmodatFlags, Mode, UtimensatFlags, fchmod, fchmodat, futimens, lstat, utimensat,
-};
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags, fchmod, fchmodat, futimens, utimensat};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat};
+use nix::unistd::{Gid, Uid, fchown, fchownat};
 
 use super::fail::{FResult, SrcExt};
 use super::meta::Meta;
 use super::paths::Ctx;
 use crate::error::{Error, IoContext, Result};
+use crate::sys::fs::remove_all_at;
 use crate::sys::xattr::{self, XRef};
 
-/// Removes whatever is at `p` in the capture dir. Returns whether something was there.
-pub(super) fn remove_dest(p: &Path) -> Result<bool> {
-    match lstat(p) {
-        Err(Errno::ENOENT) => Ok(false),
-        Err(e) => Err(Error::errno("lstat", p, e)),
-        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-            std::fs::remove_dir_all(p).at("remove", p)?;
-            Ok(true)
-        }
-        Ok(_) => match unlinkat(AT_FDCWD, p, UnlinkatFlags::NoRemoveDir) {
-            Ok(()) | Err(Errno::ENOENT) => Ok(true),
-            Err(e) => Err(Error::errno("unlink", p, e)),
-        },
-    }
+/// Removes whatever entry `name` of the capture directory `dir` (the copy
+/// of `rel`) is, a directory with everything below it. Returns whether
+/// something was there.
+pub(super) fn remove_dest(ctx: &Ctx, dir: BorrowedFd<'_>, name: &CStr, rel: &[u8]) -> Result<bool> {
+    remove_all_at(dir, name).map_err(|e| Error::errno("remove", ctx.dp(rel), e))
 }
 
 fn timespec(t: (i64, i64)) -> TimeSpec {
     TimeSpec::new(t.0 as libc::time_t, t.1 as libc::c_long)
 }
 
-/// Sets the times of `p` itself (not a symlink's target).
-pub(super) fn set_path_times(p: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<()> {
-    utimensat(
-        AT_FDCWD,
-        p,
-        &timespec(atime),
-        &timespec(mtime),
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .at("utimensat", p)
+/// Sets the times of the capture entry `dst` (the copy of `rel`) itself,
+/// not a symlink's target.
+pub(super) fn set_times(
+    ctx: &Ctx,
+    rel: &[u8],
+    dst: &Dst<'_>,
+    atime: (i64, i64),
+    mtime: (i64, i64),
+) -> Result<()> {
+    let (a, m) = (timespec(atime), timespec(mtime));
+    match dst {
+        Dst::Fd(fd) => futimens(fd, &a, &m),
+        Dst::At(dir, name) => utimensat(dir, *name, &a, &m, UtimensatFlags::NoFollowSymlink),
+    }
+    .map_err(|e| Error::errno("utimensat", ctx.dp(rel), e))
 }
 
 /// The capture filesystem may label new files itself (SELinux); that label
@@ -93,8 +88,10 @@ fn copy_xattrs(ctx: &Ctx, rel: &[u8], src: &XRef<'_>, dst: &XRef<'_>) -> FResult
 
 /// The capture-side object whose metadata is set.
 pub(super) enum Dst<'a> {
+    /// An open file or directory.
     Fd(BorrowedFd<'a>),
-    Path(&'a Path),
+    /// Entry `name` of the open capture directory (never followed).
+    At(BorrowedFd<'a>, &'a CStr),
 }
 
 /// Gives the capture entry `dst` (the copy of `rel`) the owner, mode and
@@ -111,29 +108,26 @@ pub(super) fn apply_meta(
 ) -> FResult<()> {
     let perm = Mode::from_bits_truncate(meta.mode & 0o7777);
     let (uid, gid) = (Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)));
+    let derr = |op| move |e| Error::errno(op, ctx.dp(rel), e);
     match dst {
         Dst::Fd(fd) => {
-            fchown(fd, uid, gid).at("chown", ctx.dp(rel))?;
-            fchmod(fd, perm).at("chmod", ctx.dp(rel))?;
+            fchown(fd, uid, gid).map_err(derr("chown"))?;
+            fchmod(fd, perm).map_err(derr("chmod"))?;
             copy_xattrs(ctx, rel, src, &XRef::Fd(*fd))?;
-            if times {
-                futimens(fd, &timespec(atime), &timespec(meta.mtime))
-                    .at("futimens", ctx.dp(rel))?;
-            }
         }
-        Dst::Path(p) => {
+        Dst::At(dir, name) => {
             // lchown: the last component is never followed.
-            fchownat(AT_FDCWD, *p, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW).at("chown", *p)?;
+            fchownat(dir, *name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(derr("chown"))?;
             if meta.fmt() != libc::S_IFLNK {
-                // The capture dir is ours: the last component is not a symlink.
-                fchmodat(AT_FDCWD, *p, perm, FchmodatFlags::FollowSymlink).at("chmod", *p)?;
+                // The capture dir is ours: the entry is not a symlink.
+                fchmodat(dir, *name, perm, FchmodatFlags::FollowSymlink).map_err(derr("chmod"))?;
             }
-            let x = XRef::path(p).at("setxattr", *p)?;
+            let x = XRef::at(*dir, name).map_err(derr("setxattr"))?;
             copy_xattrs(ctx, rel, src, &x)?;
-            if times {
-                set_path_times(p, atime, meta.mtime)?;
-            }
         }
+    }
+    if times {
+        set_times(ctx, rel, dst, atime, meta.mtime)?;
     }
     Ok(())
 }

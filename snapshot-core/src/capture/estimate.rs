@@ -8,6 +8,7 @@
 //! not for anything exact.
 
 use std::collections::HashSet;
+use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
@@ -78,7 +79,13 @@ impl Visit for Counter {
         Ok(false)
     }
 
-    fn leave(&mut self, _dir: BorrowedFd<'_>, _rel: &[u8], _st: &FileStat) -> Result<()> {
+    fn leave(
+        &mut self,
+        _dir: Option<BorrowedFd<'_>>,
+        _name: &CStr,
+        _rel: &[u8],
+        _st: &FileStat,
+    ) -> Result<()> {
         Ok(())
     }
 }

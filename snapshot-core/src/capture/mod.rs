@@ -10,7 +10,10 @@
 //! directory for a symlink at any moment (CVE-2018-15664 class). The source is
 //! therefore only ever traversed relative to open directory fds, one name at a
 //! time, with `O_NOFOLLOW` (`crate::sys::fs`). The capture directory is
-//! private to us, so plain paths are used there.
+//! private to us, but is reached the same way: its paths may be far longer
+//! than `PATH_MAX` (a legal tree of any depth is captured, up to
+//! `crate::sys::fs::MAX_TREE_DEPTH` levels), so every entry is made relative
+//! to an open directory of it.
 //!
 //! Layout: [`meta`] (the stat record change detection compares), [`walk`]
 //! (the fd-relative walk both phases share), [`copier`] (creating one entry:
@@ -74,6 +77,8 @@ pub(crate) struct Capture {
     ctx: Ctx,
     /// The upper dir, opened once; everything is reached relative to it.
     root: OwnedFd,
+    /// The capture directory, likewise.
+    dest_root: OwnedFd,
     recs: HashMap<Vec<u8>, Rec>,
     gen_: u32,
     copier: Copier,
@@ -104,12 +109,14 @@ impl Capture {
             )));
         }
         mkdirat(AT_FDCWD, dest, Mode::from_bits_truncate(0o700)).at("mkdir", dest)?;
+        let dest_root = open_dir(dest).at("open", dest)?;
         Ok(Capture {
             ctx: Ctx {
                 upper: upper.to_path_buf(),
                 dest: dest.to_path_buf(),
             },
             root,
+            dest_root,
             recs: HashMap::new(),
             gen_: 0,
             copier: Copier::new(dest),

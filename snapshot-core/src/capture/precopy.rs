@@ -6,13 +6,16 @@
 //! and left for the frozen sync; only real errors (capture side, I/O) fail.
 //! The same name met twice (a directory changed while being read) counts
 //! once; sockets are not part of an image. Multiply-linked inodes are copied
-//! once and linked for their other names.
+//! once and linked for their other names. The capture side is reached
+//! through a cursor on its directories (`crate::sys::fs::DirCursor`), which
+//! follows the walk one `openat` per step.
 
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
-use nix::fcntl::AT_FDCWD;
+use nix::fcntl::AtFlags;
 use nix::sys::stat::{FileStat, Mode, fstat, mkdirat};
 use nix::unistd::linkat;
 
@@ -20,11 +23,11 @@ use super::copier::{Copier, Prog, Source};
 use super::dest::{Dst, apply_meta};
 use super::fail::{FResult, Fail, changed};
 use super::meta::{Meta, Rec, now_ns};
-use super::paths::Ctx;
+use super::paths::{Ctx, parent_rel, split_rel};
 use super::walk::{Entry, Visit, walk};
 use super::{Capture, PhaseStats};
 use crate::error::{Error, IoContext, Result};
-use crate::sys::fs::open_beneath;
+use crate::sys::fs::{DirCursor, open_beneath};
 use crate::sys::xattr::XRef;
 
 /// Runs [`Capture::precopy`].
@@ -50,8 +53,12 @@ pub(super) fn precopy(c: &mut Capture, progress: &mut dyn FnMut(u64)) -> Result<
             seen: c.gen_,
         },
     );
+    let droot = c.dest_root.as_fd();
     let mut v = Pre {
         ctx: &c.ctx,
+        droot,
+        dst: DirCursor::new(),
+        link_src: DirCursor::new(),
         recs: &mut c.recs,
         copier: &mut c.copier,
         links: HashMap::new(),
@@ -70,6 +77,12 @@ pub(super) fn precopy(c: &mut Capture, progress: &mut dyn FnMut(u64)) -> Result<
 /// The pre-copy visitor: copies every entry as it is met.
 struct Pre<'a, 'p> {
     ctx: &'a Ctx,
+    /// The capture directory.
+    droot: BorrowedFd<'a>,
+    /// The capture directory entries are created in.
+    dst: DirCursor,
+    /// The capture directory of a first name hardlinks are made to.
+    link_src: DirCursor,
     recs: &'a mut HashMap<Vec<u8>, Rec>,
     copier: &'a mut Copier,
     /// First path and success of each multiply-linked inode.
@@ -81,12 +94,17 @@ struct Pre<'a, 'p> {
 
 impl Pre<'_, '_> {
     fn copy_entry(&mut self, e: &Entry<'_>, meta: &Meta, atime: (i64, i64)) -> FResult<u64> {
+        let prel = parent_rel(e.rel);
+        let into = self
+            .dst
+            .open(self.droot, prel)
+            .map_err(|err| Error::errno("open", self.ctx.dp(prel), err))?;
         if meta.is_dir() {
             if e.dir.is_none() {
                 return Err(changed("open", self.ctx.up(e.rel)));
             }
-            let dpath = self.ctx.dp(e.rel);
-            mkdirat(AT_FDCWD, &dpath, Mode::from_bits_truncate(0o700)).at("mkdir", &dpath)?;
+            mkdirat(into, e.name, Mode::from_bits_truncate(0o700))
+                .map_err(|err| Error::errno("mkdir", self.ctx.dp(e.rel), err))?;
             return Ok(0);
         }
         if meta.multi_linked()
@@ -95,8 +113,13 @@ impl Pre<'_, '_> {
             if !*ok {
                 return Err(changed("link", self.ctx.up(e.rel)));
             }
-            let (from, to) = (self.ctx.dp(first), self.ctx.dp(e.rel));
-            linkat(AT_FDCWD, &from, AT_FDCWD, &to, nix::fcntl::AtFlags::empty()).at("link", &to)?;
+            let (fprel, fname) = split_rel(first)?;
+            let from = self
+                .link_src
+                .open(self.droot, fprel)
+                .map_err(|err| Error::errno("open", self.ctx.dp(fprel), err))?;
+            linkat(from, fname.as_c_str(), into, e.name, AtFlags::empty())
+                .map_err(|err| Error::errno("link", self.ctx.dp(e.rel), err))?;
             return Ok(0);
         }
         let src = Source {
@@ -106,7 +129,7 @@ impl Pre<'_, '_> {
             meta,
             atime,
         };
-        let r = self.copier.create(self.ctx, &src, &mut self.prog);
+        let r = self.copier.create(self.ctx, &src, into, &mut self.prog);
         if meta.multi_linked() {
             self.links.insert(meta.key(), (e.rel.to_vec(), r.is_ok()));
         }
@@ -150,18 +173,32 @@ impl Visit for Pre<'_, '_> {
         Ok(ok && meta.is_dir())
     }
 
-    fn leave(&mut self, dir: BorrowedFd<'_>, rel: &[u8], st: &FileStat) -> Result<()> {
+    fn leave(
+        &mut self,
+        dir: Option<BorrowedFd<'_>>,
+        name: &CStr,
+        rel: &[u8],
+        st: &FileStat,
+    ) -> Result<()> {
         let (meta, atime) = Meta::from_stat(st);
-        let dpath = self.ctx.dp(rel);
-        match apply_meta(
-            self.ctx,
-            rel,
-            &XRef::Fd(dir),
-            &Dst::Path(&dpath),
-            &meta,
-            atime,
-            true,
-        ) {
+        let res = match dir {
+            // Moved away before all its children were seen.
+            None => Err(changed("open", self.ctx.up(rel))),
+            Some(dir) => {
+                let dst = if rel.is_empty() {
+                    Dst::Fd(self.droot)
+                } else {
+                    let prel = parent_rel(rel);
+                    let pfd = self
+                        .dst
+                        .open(self.droot, prel)
+                        .map_err(|e| Error::errno("open", self.ctx.dp(prel), e))?;
+                    Dst::At(pfd, name)
+                };
+                apply_meta(self.ctx, rel, &XRef::Fd(dir), &dst, &meta, atime, true)
+            }
+        };
+        match res {
             Ok(()) => Ok(()),
             Err(Fail::Race(err)) => {
                 tracing::debug!(error = %err, "directory changed during pre-copy");

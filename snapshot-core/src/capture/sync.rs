@@ -16,26 +16,29 @@
 //! Invariants: every error is an error (nothing may change while frozen, so
 //! a change is not a race to tolerate); no fsync; the cost of an unchanged
 //! entry is one `lstat` (plus an open and a readdir for a directory) and a
-//! record lookup: nothing is allocated for it.
+//! record lookup: nothing is allocated for it. Changes are applied relative
+//! to open directories on both sides ([`OpenParent`]), reached from the
+//! previous one in a few `openat` calls whatever the depth.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use nix::fcntl::{AT_FDCWD, AtFlags};
-use nix::sys::stat::{FileStat, Mode, fstat, lstat, mkdirat};
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{FileStat, Mode, fstat, fstatat, mkdirat};
 use nix::unistd::linkat;
 
 use super::copier::{Copier, Prog, Source};
-use super::dest::{Dst, apply_meta, remove_dest, set_path_times};
+use super::dest::{Dst, apply_meta, remove_dest, set_times};
 use super::fail::Fail;
 use super::meta::{Meta, Rec, now_ns};
-use super::paths::{Ctx, parent_rel};
+use super::paths::{Ctx, split_rel};
 use super::walk::{Entry, Visit, walk};
 use super::{Capture, Forced, PhaseStats};
 use crate::error::{Error, IoContext, Result};
-use crate::sys::fs::{open_beneath, open_subdir};
+use crate::sys::fs::{DirCursor, open_beneath, open_subdir};
 use crate::sys::xattr::XRef;
 
 /// Runs [`Capture::sync_frozen`].
@@ -45,9 +48,16 @@ pub(super) fn sync_frozen(c: &mut Capture) -> Result<PhaseStats> {
     let (work, entries) = find_changes(c)?;
 
     let mut noprog = |_: u64| {};
+    let (root, droot) = (c.root.as_fd(), c.dest_root.as_fd());
+    let mut parent = OpenParent {
+        src: DirCursor::new(),
+        dst: DirCursor::new(),
+    };
     let mut s = Resync {
         ctx: &c.ctx,
-        root: c.root.as_fd(),
+        root,
+        droot,
+        link_src: DirCursor::new(),
         recs: &mut c.recs,
         copier: &mut c.copier,
         gen_: c.gen_,
@@ -59,12 +69,11 @@ pub(super) fn sync_frozen(c: &mut Capture) -> Result<PhaseStats> {
         made: HashMap::new(),
         prog: Prog::new(&mut noprog),
     };
-    s.remove_vanished()?;
-    let mut parent = OpenParent::default();
+    s.remove_vanished(&mut parent)?;
     for it in work {
         s.recreate(&mut parent, it)?;
     }
-    s.restore_dir_times()?;
+    s.restore_dir_times(&mut parent)?;
     let mut stats = s.stats;
 
     c.totals = totals(&c.recs);
@@ -170,7 +179,7 @@ impl Visit for Collect<'_> {
         Ok(e.st.st_mode & libc::S_IFMT == libc::S_IFDIR)
     }
 
-    fn leave(&mut self, _: BorrowedFd<'_>, _: &[u8], _: &FileStat) -> Result<()> {
+    fn leave(&mut self, _: Option<BorrowedFd<'_>>, _: &CStr, _: &[u8], _: &FileStat) -> Result<()> {
         Ok(())
     }
 }
@@ -182,6 +191,10 @@ struct Resync<'a, 'p> {
     ctx: &'a Ctx,
     /// The upper dir: every source directory is reopened beneath it.
     root: BorrowedFd<'a>,
+    /// The capture directory, likewise.
+    droot: BorrowedFd<'a>,
+    /// The capture directory of a first name hardlinks are made to.
+    link_src: DirCursor,
     recs: &'a mut HashMap<Vec<u8>, Rec>,
     copier: &'a mut Copier,
     gen_: u32,
@@ -193,29 +206,50 @@ struct Resync<'a, 'p> {
     prog: Prog<'p>,
 }
 
-/// The source directory of the last recreated entry, kept open: work items
-/// come in walk order, so siblings share it.
-#[derive(Default)]
-struct OpenParent(Option<(Vec<u8>, OwnedFd)>);
+/// The parent directory of the entry being changed, kept open on both
+/// sides: work items come in walk order, so siblings share it and the next
+/// one is a few `openat` calls away, at any depth.
+struct OpenParent {
+    src: DirCursor,
+    dst: DirCursor,
+}
 
 impl OpenParent {
-    /// The directory `prel` beneath `root`, opened unless it is the one open.
-    fn get(&mut self, root: BorrowedFd<'_>, ctx: &Ctx, prel: &[u8]) -> Result<BorrowedFd<'_>> {
-        if self.0.as_ref().is_none_or(|(p, _)| p.as_slice() != prel) {
-            let fd = open_beneath(root, prel).at("open", ctx.up(prel))?;
-            self.0 = Some((prel.to_vec(), fd));
-        }
-        match &self.0 {
-            Some((_, fd)) => Ok(fd.as_fd()),
-            None => Err(Error::Internal("parent not open".into())),
-        }
+    /// The capture directory `prel`.
+    fn dst<'a>(
+        &'a mut self,
+        droot: BorrowedFd<'a>,
+        ctx: &Ctx,
+        prel: &[u8],
+    ) -> Result<BorrowedFd<'a>> {
+        self.dst
+            .open(droot, prel)
+            .map_err(|e| Error::errno("open", ctx.dp(prel), e))
+    }
+
+    /// The directory `prel` of the upper dir and of the capture.
+    fn both<'a>(
+        &'a mut self,
+        (root, droot): (BorrowedFd<'a>, BorrowedFd<'a>),
+        ctx: &Ctx,
+        prel: &[u8],
+    ) -> Result<(BorrowedFd<'a>, BorrowedFd<'a>)> {
+        let src = self
+            .src
+            .open(root, prel)
+            .map_err(|e| Error::errno("open", ctx.up(prel), e))?;
+        let dst = self
+            .dst
+            .open(droot, prel)
+            .map_err(|e| Error::errno("open", ctx.dp(prel), e))?;
+        Ok((src, dst))
     }
 }
 
 impl Resync<'_, '_> {
     /// Step 2: removes vanished paths, deepest first (a prefix sorts before
     /// its children).
-    fn remove_vanished(&mut self) -> Result<()> {
+    fn remove_vanished(&mut self, parent: &mut OpenParent) -> Result<()> {
         let gen_ = self.gen_;
         let mut vanished: Vec<Vec<u8>> = self
             .recs
@@ -225,11 +259,19 @@ impl Resync<'_, '_> {
             .collect();
         vanished.sort_unstable_by(|a, b| b.cmp(a));
         for rel in vanished {
-            if remove_dest(&self.ctx.dp(&rel))? {
+            let (prel, name) = split_rel(&rel)?;
+            self.link_src.forget_beneath(&rel);
+            let there = match parent.dst.open(self.droot, prel) {
+                Ok(dir) => remove_dest(self.ctx, dir, &name, &rel)?,
+                // Its directory is gone already.
+                Err(Errno::ENOENT) => false,
+                Err(e) => return Err(Error::errno("open", self.ctx.dp(prel), e)),
+            };
+            if there {
                 self.stats.removed += 1;
             }
             self.recs.remove(&rel);
-            self.retime.insert(parent_rel(&rel).to_vec());
+            self.retime.insert(prel.to_vec());
         }
         Ok(())
     }
@@ -238,37 +280,31 @@ impl Resync<'_, '_> {
     /// records it.
     fn recreate(&mut self, parent: &mut OpenParent, it: Item) -> Result<()> {
         let rel = it.rel.as_slice();
-        let dpath = self.ctx.dp(rel);
         if rel.is_empty() {
             let d = open_beneath(self.root, b"").at("open", &self.ctx.upper)?;
             check_same(self.ctx, rel, &d, &it.meta)?;
-            self.dir_meta(&it, &d, &dpath)?;
+            self.dir_meta(&it, &d, &Dst::Fd(self.droot))?;
         } else {
-            let prel = parent_rel(rel);
-            let name_bytes = if prel.is_empty() {
-                rel
-            } else {
-                &rel[prel.len() + 1..]
-            };
-            let name = CString::new(name_bytes)
-                .map_err(|_| Error::Internal("NUL in a file name".into()))?;
-            let pfd = parent.get(self.root, self.ctx, prel)?;
+            let (prel, name) = split_rel(rel)?;
+            // What is removed below may hold the cursor's directory.
+            self.link_src.forget_beneath(rel);
+            let (pfd, dfd) = parent.both((self.root, self.droot), self.ctx, prel)?;
             if it.meta.is_dir() {
-                let is_dir = lstat(&dpath)
+                let is_dir = fstatat(dfd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
                     .unwrap_or(false);
                 if !is_dir {
-                    remove_dest(&dpath)?;
-                    mkdirat(AT_FDCWD, &dpath, Mode::from_bits_truncate(0o700))
-                        .at("mkdir", &dpath)?;
+                    remove_dest(self.ctx, dfd, &name, rel)?;
+                    mkdirat(dfd, name.as_c_str(), Mode::from_bits_truncate(0o700))
+                        .map_err(|e| Error::errno("mkdir", self.ctx.dp(rel), e))?;
                     self.retime.insert(prel.to_vec());
                 }
                 let d = open_subdir(pfd, &name, it.meta.key()).at("open", self.ctx.up(rel))?;
-                self.dir_meta(&it, &d, &dpath)?;
+                self.dir_meta(&it, &d, &Dst::At(dfd, &name))?;
             } else {
-                remove_dest(&dpath)?;
+                remove_dest(self.ctx, dfd, &name, rel)?;
                 self.retime.insert(prel.to_vec());
-                self.create_nondir(pfd, &name, &it, &dpath)?;
+                self.create_nondir(pfd, dfd, &name, &it)?;
             }
         }
         if it.meta.is_dir() {
@@ -287,14 +323,14 @@ impl Resync<'_, '_> {
         Ok(())
     }
 
-    /// Owner, mode and xattrs of an existing capture directory from its
-    /// open source `d`; its times wait for step 4.
-    fn dir_meta(&self, it: &Item, d: &OwnedFd, dpath: &std::path::Path) -> Result<()> {
+    /// Owner, mode and xattrs of an existing capture directory `dst` from
+    /// its open source `d`; its times wait for step 4.
+    fn dir_meta(&self, it: &Item, d: &OwnedFd, dst: &Dst<'_>) -> Result<()> {
         apply_meta(
             self.ctx,
             &it.rel,
             &XRef::Fd(d.as_fd()),
-            &Dst::Path(dpath),
+            dst,
             &it.meta,
             it.atime,
             false,
@@ -302,15 +338,15 @@ impl Resync<'_, '_> {
         .map_err(Fail::into_error)
     }
 
-    /// Creates the (removed) non-directory `dpath` from entry `name` of the
-    /// source directory `pfd`: a hardlink if its inode was already
-    /// recreated under another name, else a copy.
+    /// Creates the (removed) non-directory `name` of the capture directory
+    /// `dfd` from entry `name` of the source directory `pfd`: a hardlink if
+    /// its inode was already recreated under another name, else a copy.
     fn create_nondir(
         &mut self,
         pfd: BorrowedFd<'_>,
+        dfd: BorrowedFd<'_>,
         name: &CString,
         it: &Item,
-        dpath: &std::path::Path,
     ) -> Result<()> {
         let first = if it.meta.multi_linked() {
             self.made.get(&it.meta.key())
@@ -318,14 +354,19 @@ impl Resync<'_, '_> {
             None
         };
         if let Some(first) = first {
+            let (fprel, fname) = split_rel(first)?;
+            let from = self
+                .link_src
+                .open(self.droot, fprel)
+                .map_err(|e| Error::errno("open", self.ctx.dp(fprel), e))?;
             linkat(
-                AT_FDCWD,
-                &self.ctx.dp(first),
-                AT_FDCWD,
-                dpath,
+                from,
+                fname.as_c_str(),
+                dfd,
+                name.as_c_str(),
                 AtFlags::empty(),
             )
-            .at("link", dpath)?;
+            .map_err(|e| Error::errno("link", self.ctx.dp(&it.rel), e))?;
         } else {
             self.stats.bytes_copied += self
                 .copier
@@ -338,6 +379,7 @@ impl Resync<'_, '_> {
                         meta: &it.meta,
                         atime: it.atime,
                     },
+                    dfd,
                     &mut self.prog,
                 )
                 .map_err(Fail::into_error)?;
@@ -350,14 +392,22 @@ impl Resync<'_, '_> {
     }
 
     /// Step 4: restores the times of directories changed inside. Setting a
-    /// directory's times does not touch its parent: any order.
-    fn restore_dir_times(&self) -> Result<()> {
-        for rel in &self.retime {
-            if let Some(r) = self.recs.get(rel.as_slice())
-                && r.meta.is_dir()
-            {
-                set_path_times(&self.ctx.dp(rel), r.atime, r.meta.mtime)?;
+    /// directory's times does not touch its parent: any order; sorted, so
+    /// that the capture-side cursor moves little.
+    fn restore_dir_times(&mut self, parent: &mut OpenParent) -> Result<()> {
+        let mut dirs: Vec<&Vec<u8>> = self.retime.iter().collect();
+        dirs.sort_unstable();
+        for rel in dirs {
+            let Some(r) = self.recs.get(rel.as_slice()).filter(|r| r.meta.is_dir()) else {
+                continue;
+            };
+            if rel.is_empty() {
+                set_times(self.ctx, rel, &Dst::Fd(self.droot), r.atime, r.meta.mtime)?;
+                continue;
             }
+            let (prel, name) = split_rel(rel)?;
+            let dfd = parent.dst(self.droot, self.ctx, prel)?;
+            set_times(self.ctx, rel, &Dst::At(dfd, &name), r.atime, r.meta.mtime)?;
         }
         Ok(())
     }

@@ -5,7 +5,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use nix::sys::stat::{SFlag, UtimensatFlags, mknodat, utimensat};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::sys::stat::{SFlag, UtimensatFlags, fstat, fstatat, mknodat, utimensat};
 use nix::sys::time::TimeSpec;
 
 use crate::sys::xattr::{self, XRef};
@@ -755,4 +757,321 @@ fn bench_sync_cost_per_unchanged_entry() {
         s.duration,
         s.duration.as_secs_f64() * 1e6 / s.entries as f64
     );
+}
+
+/// Makes a chain of `levels` directories `name` below `top`, calling
+/// `at(level, dir)` in each (level 1 is the first below `top`); returns the
+/// deepest open. Fd-relative: the chain may be far deeper than `PATH_MAX`.
+fn deep_chain(
+    top: &Path,
+    levels: usize,
+    name: &CStr,
+    mut at: impl FnMut(usize, BorrowedFd<'_>),
+) -> OwnedFd {
+    let dflags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY;
+    let mut cur = crate::sys::fs::open_dir(top).unwrap();
+    for level in 1..=levels {
+        mkdirat(&cur, name, Mode::from_bits_truncate(0o755)).unwrap();
+        cur = nix::fcntl::openat(&cur, name, dflags, Mode::empty()).unwrap();
+        at(level, cur.as_fd());
+    }
+    cur
+}
+
+/// Writes `data` to the new or truncated file `name` of `dir`.
+fn write_at(dir: BorrowedFd<'_>, name: &CStr, data: &[u8]) {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    File::from(fd).write_all(data).unwrap();
+}
+
+/// What a capture must preserve of one entry: mode, owner, size (not of a
+/// directory), mtime, content or symlink target, link count.
+type DeepInfo = (u32, u32, u32, i64, (i64, i64), Option<Vec<u8>>, u64);
+
+/// Every entry below `root` (itself as `""`), at any depth: reached through
+/// a cursor, one name at a time.
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn deep_tree_info(root: &Path) -> BTreeMap<Vec<u8>, DeepInfo> {
+    use nix::fcntl::{AtFlags, OFlag};
+    let top = crate::sys::fs::open_dir(root).unwrap();
+    let mut cur = crate::sys::fs::DirCursor::new();
+    let info = |st: &nix::sys::stat::FileStat, data| {
+        let fmt = st.st_mode & libc::S_IFMT;
+        (
+            st.st_mode as u32,
+            st.st_uid,
+            st.st_gid,
+            if fmt == libc::S_IFDIR {
+                0
+            } else {
+                st.st_size as i64
+            },
+            (st.st_mtime as i64, st.st_mtime_nsec as i64),
+            data,
+            if fmt == libc::S_IFDIR {
+                0
+            } else {
+                st.st_nlink as u64
+            },
+        )
+    };
+    let mut out = BTreeMap::new();
+    out.insert(Vec::new(), info(&fstat(&top).unwrap(), None));
+    let mut todo = vec![Vec::new()];
+    while let Some(rel) = todo.pop() {
+        let dir = cur.open(top.as_fd(), &rel).unwrap();
+        for name in crate::sys::fs::read_names(dir).unwrap() {
+            let st = fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+            let data = match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => {
+                    let fd =
+                        nix::fcntl::openat(dir, name.as_c_str(), OFlag::O_RDONLY, Mode::empty())
+                            .unwrap();
+                    let mut v = Vec::new();
+                    File::from(fd).read_to_end(&mut v).unwrap();
+                    Some(v)
+                }
+                libc::S_IFLNK => Some(
+                    nix::fcntl::readlinkat(dir, name.as_c_str())
+                        .unwrap()
+                        .into_encoded_bytes(),
+                ),
+                _ => None,
+            };
+            let mut r = rel.clone();
+            if !r.is_empty() {
+                r.push(b'/');
+            }
+            r.extend_from_slice(name.to_bytes());
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                todo.push(r.clone());
+            }
+            out.insert(r, info(&st, data));
+        }
+    }
+    out
+}
+
+fn assert_deep_trees_equal(a: &Path, b: &Path) {
+    let (ta, tb) = (deep_tree_info(a), deep_tree_info(b));
+    assert_eq!(ta.len(), tb.len(), "entry counts differ");
+    for (k, ia) in &ta {
+        let short = String::from_utf8_lossy(&k[k.len().saturating_sub(60)..]).into_owned();
+        assert_eq!(
+            Some(ia),
+            tb.get(k),
+            "entry ...{short} ({} bytes) differs",
+            k.len()
+        );
+    }
+}
+
+/// While alive, this process's soft limit on open files is at most `n`
+/// (the usual default is 1,024): a walker holding one fd per level fails
+/// with `EMFILE` long before the bottom of a deep chain.
+struct OpenFilesLimit(libc::rlimit);
+
+impl OpenFilesLimit {
+    fn at_most(n: u64) -> OpenFilesLimit {
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `old` is a valid rlimit to write to.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
+        let new = libc::rlimit {
+            rlim_cur: n.min(old.rlim_cur),
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: `new` is a valid rlimit.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) }, 0);
+        OpenFilesLimit(old)
+    }
+}
+
+impl Drop for OpenFilesLimit {
+    fn drop(&mut self) {
+        // SAFETY: the saved rlimit is valid.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &self.0) };
+    }
+}
+
+const DEEP_LEVELS: usize = 1500;
+const DEEP_NAME: &CStr = c"x123456789";
+
+/// One tar entry: name, type flag, link name, content.
+type TarEntry = (Vec<u8>, String, Vec<u8>, Vec<u8>);
+
+/// Lists a tar archive with Python's tarfile (an independent PAX reader).
+fn py_tar_list(tar: &Path) -> Vec<TarEntry> {
+    const PY: &str = r#"
+import tarfile, sys
+b = lambda s: s.encode('utf-8', 'surrogateescape').hex()
+with tarfile.open(sys.argv[1], 'r:', encoding='utf-8', errors='surrogateescape') as tf:
+    for m in tf:
+        data = tf.extractfile(m).read().hex() if m.isreg() else ''
+        print(b(m.name), m.type.decode(), b(m.linkname) or '-', data or '-')
+"#;
+    let o = std::process::Command::new("python3")
+        .args(["-c", PY])
+        .arg(tar)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let unhex = |s: &str| {
+        if s == "-" {
+            Vec::new()
+        } else {
+            hex::decode(s).unwrap()
+        }
+    };
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (unhex(f[0]), f[1].to_string(), unhex(f[2]), unhex(f[3]))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_tree_deeper_than_path_max_is_captured_and_layered() {
+    let t = tempfile::tempdir().unwrap();
+    let u = t.path().join("upper");
+    std::fs::create_dir(&u).unwrap();
+    let half = DEEP_LEVELS / 2;
+    let bottom = deep_chain(&u, DEEP_LEVELS, DEEP_NAME, |level, dir| {
+        if level == half {
+            write_at(dir, c"mid", b"halfway");
+            mkdirat(dir, c"gone", Mode::from_bits_truncate(0o755)).unwrap();
+        }
+    });
+    let b = bottom.as_fd();
+    write_at(b, c"f", b"at the bottom");
+    nix::unistd::linkat(b, c"f", b, c"f2", nix::fcntl::AtFlags::empty()).unwrap();
+    nix::unistd::symlinkat("f", b, c"l").unwrap();
+    mknodat(b, c"p", SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0).unwrap();
+    xattr::set(&XRef::Fd(b), c"user.deep", b"yes").unwrap();
+    // A chain is one rel per level: 1500 paths averaging 8 KB.
+    let chain_rel = |levels: usize| vec![DEEP_NAME.to_bytes(); levels].join(&b'/');
+
+    let _limit = OpenFilesLimit::at_most(1024);
+    let dest = t.path().join("cap");
+    let mut c = Capture::new(&u, &dest).unwrap();
+    c.precopy(&mut |_| {}).unwrap();
+    assert_deep_trees_equal(&u, &dest);
+
+    // Changes the frozen sync applies at depth: a rewrite (followed by the
+    // other name), a removal halfway, new entries below the bottom, a
+    // symlink turned into a directory.
+    write_at(b, c"f", b"rewritten at the bottom");
+    let top = crate::sys::fs::open_dir(&u).unwrap();
+    let mut cur = crate::sys::fs::DirCursor::new();
+    let mid = cur.open(top.as_fd(), &chain_rel(half)).unwrap();
+    assert!(crate::sys::fs::remove_all_at(mid, c"gone").unwrap());
+    mkdirat(b, c"new", Mode::from_bits_truncate(0o711)).unwrap();
+    let new = nix::fcntl::openat(b, c"new", nix::fcntl::OFlag::O_RDONLY, Mode::empty()).unwrap();
+    write_at(new.as_fd(), c"g", b"new below the bottom");
+    nix::unistd::unlinkat(b, c"l", nix::unistd::UnlinkatFlags::NoRemoveDir).unwrap();
+    mkdirat(b, c"l", Mode::from_bits_truncate(0o700)).unwrap();
+    let s = c.sync_frozen().unwrap();
+    assert!(s.removed >= 1 && s.files >= 3, "{s:?}");
+    assert_eq!(s.entries, (DEEP_LEVELS + 7) as u64, "{s:?}");
+    assert_deep_trees_equal(&u, &dest);
+
+    let out = t.path().join("layer.tar");
+    let blob = crate::layer::build_layer(
+        &dest,
+        &out,
+        crate::types::Compression::None,
+        &crate::layer::XattrPolicy::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let list = py_tar_list(&out);
+    assert_eq!(list.len() as u64, blob.entries);
+    let mut deep = chain_rel(DEEP_LEVELS);
+    let dirs = list
+        .iter()
+        .filter(|(n, ty, _, _)| ty == "5" && n.ends_with(DEEP_NAME.to_bytes()))
+        .count();
+    assert_eq!(dirs, DEEP_LEVELS);
+    let find = |name: &[u8]| {
+        list.iter()
+            .find(|(n, ..)| n == name)
+            .unwrap_or_else(|| panic!("no entry of {} bytes in the layer", name.len()))
+    };
+    deep.extend_from_slice(b"/f");
+    let (_, ty, _, data) = find(&deep);
+    assert_eq!(
+        (ty.as_str(), data.as_slice()),
+        ("0", &b"rewritten at the bottom"[..])
+    );
+    let f2 = [&deep[..deep.len() - 1], b"f2"].concat();
+    let (_, ty, link, _) = find(&f2);
+    assert_eq!((ty.as_str(), link), ("1", &deep));
+    let g = [&deep[..deep.len() - 1], b"new/g"].concat();
+    assert_eq!(find(&g).3, b"new below the bottom");
+    let mid = [chain_rel(half).as_slice(), b"/mid"].concat();
+    assert_eq!(find(&mid).3, b"halfway");
+    let gone = [chain_rel(half).as_slice(), b"/gone"].concat();
+    assert!(list.iter().all(|(n, ..)| !n.starts_with(&gone)));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_tree_deeper_than_the_limit_is_refused_with_its_path() {
+    use crate::sys::fs::MAX_TREE_DEPTH;
+    let t = tempfile::tempdir().unwrap();
+    let u = t.path().join("upper");
+    std::fs::create_dir(&u).unwrap();
+    deep_chain(&u, MAX_TREE_DEPTH, c"d", |_, _| {});
+    let mut c = Capture::new(&u, &t.path().join("cap")).unwrap();
+    c.precopy(&mut |_| {}).unwrap();
+    let out = t.path().join("layer.tar");
+    crate::layer::build_layer(
+        &t.path().join("cap"),
+        &out,
+        crate::types::Compression::None,
+        &crate::layer::XattrPolicy::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    std::fs::remove_file(&out).unwrap();
+
+    // One level more.
+    let u = t.path().join("upper2");
+    std::fs::create_dir(&u).unwrap();
+    deep_chain(&u, MAX_TREE_DEPTH + 1, c"d", |_, _| {});
+    let mut c = Capture::new(&u, &t.path().join("cap2")).unwrap();
+    let e = c.precopy(&mut |_| {}).unwrap_err();
+    assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported, "{e}");
+    let deepest = format!(
+        "{}/{}",
+        u.display(),
+        vec!["d"; MAX_TREE_DEPTH + 1].join("/")
+    );
+    assert!(e.to_string().contains(&deepest), "{e}");
+    let e = c.sync_frozen().unwrap_err();
+    assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported, "{e}");
+    // The layer walk refuses it too (a copy made by hand).
+    let e = crate::layer::build_layer(
+        &u,
+        &out,
+        crate::types::Compression::None,
+        &crate::layer::XattrPolicy::default(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported, "{e}");
+    assert!(!out.exists());
 }

@@ -9,19 +9,29 @@
 //! bytes; a regular file is opened (and checked to be the inode stat'ed)
 //! before its header is written, and exactly the size in its header is
 //! written for it; a real name starting with `.wh.` is refused. The capture
-//! directory is private to us, so plain paths are used.
+//! directory is private to us, but its paths may be far longer than
+//! `PATH_MAX`: the walk is iterative, every entry is reached by name relative
+//! to its open directory, the open directories are kept in a
+//! [`DirStack`] (bounded fds at any depth), and a tree deeper than
+//! [`MAX_TREE_DEPTH`] is refused with its path. Tar names are whole paths
+//! (PAX `path` records where ustar fields are too short).
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
+use nix::sys::stat::{Mode, fstat, fstatat};
 
 use super::tar::{self, Entry, Kind};
 use super::xattrs::{XattrPolicy, read_xattrs};
 use crate::error::{Error, IoContext, Result};
+use crate::sys::fs::{DirStack, MAX_TREE_DEPTH, inode_key, open_dir, open_subdir, read_names};
+use crate::sys::xattr::XRef;
 
 /// The OCI whiteout prefix and opaque marker.
 const WH_PREFIX: &[u8] = b".wh.";
@@ -43,8 +53,11 @@ pub(super) fn write_archive<W: Write>(
     xattrs: &XattrPolicy,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(W, u64)> {
+    let top = open_dir(capture_dir).at("open", capture_dir)?;
+    let key = inode_key(&fstat(&top).at("stat", capture_dir)?);
     let mut w = Walker {
         w,
+        base: capture_dir,
         out,
         xattrs,
         links: HashMap::new(),
@@ -54,18 +67,45 @@ pub(super) fn write_archive<W: Write>(
         progress,
         buf: vec![0u8; READ_BUF],
     };
-    let mut abs = capture_dir.to_path_buf();
-    let mut rel = Vec::new();
-    w.walk_dir(&mut abs, &mut rel)?;
+    w.walk(top, key)?;
     // End of archive: two zero blocks.
     w.w.write_all(&[0u8; 2 * tar::BLOCK]).at("write", out)?;
     (w.progress)(w.read);
     Ok((w.w, w.entries))
 }
 
+/// The capture entry at tar path `rel` (a directory's ends with '/'), for
+/// messages.
+fn abs(base: &Path, rel: &[u8]) -> PathBuf {
+    let rel = rel.strip_suffix(b"/").unwrap_or(rel);
+    if rel.is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(OsStr::from_bytes(rel))
+    }
+}
+
+/// The names of the open directory `dir` (at tar path `rel`), sorted by
+/// their bytes.
+fn sorted_names(dir: BorrowedFd<'_>, base: &Path, rel: &[u8]) -> Result<Vec<CString>> {
+    let mut names = read_names(dir).map_err(|e| Error::errno("readdir", abs(base, rel), e))?;
+    names.sort_by(|a, b| a.to_bytes().cmp(b.to_bytes()));
+    Ok(names)
+}
+
+/// One directory of the walk and the names in it still to write.
+struct Level {
+    names: Vec<CString>,
+    idx: usize,
+    /// Length of its tar path (ending with '/'; 0 for the top).
+    rel_len: usize,
+}
+
 /// The depth-first walk that writes the tar stream.
 struct Walker<'a, W: Write> {
     w: W,
+    /// The capture directory (messages only).
+    base: &'a Path,
     out: &'a Path,
     xattrs: &'a XattrPolicy,
     /// First path emitted for each multiply-linked inode.
@@ -86,127 +126,187 @@ impl<W: Write> Walker<'_, W> {
         Ok(())
     }
 
-    /// Walks directory `abs`, whose children have tar paths `rel` + name
-    /// (`rel` is empty or ends with '/').
-    fn walk_dir(&mut self, abs: &mut PathBuf, rel: &mut Vec<u8>) -> Result<()> {
-        let mut names = fs::read_dir(&*abs)
-            .at("readdir", &*abs)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<Vec<OsString>>>()
-            .at("readdir", &*abs)?;
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
-            let len = rel.len();
-            abs.push(&name);
-            let res = self.entry(abs, rel, name.as_bytes());
-            abs.pop();
-            rel.truncate(len);
-            res?;
+    /// Writes every entry below the open directory `top` (inode `key`),
+    /// without recursion.
+    fn walk(&mut self, top: OwnedFd, key: (u64, u64)) -> Result<()> {
+        let names = sorted_names(top.as_fd(), self.base, b"")?;
+        let mut stack = DirStack::new(
+            top,
+            key,
+            Level {
+                names,
+                idx: 0,
+                rel_len: 0,
+            },
+        );
+        let mut rel = Vec::new();
+        while let Some(lvl) = stack.last_mut() {
+            let (dir, l) = lvl.parts();
+            if l.idx >= l.names.len() {
+                stack.pop();
+                if let Err(e) = stack.ensure_open() {
+                    let at = stack.last_mut().map_or(0, |l| l.data.rel_len);
+                    return Err(Error::errno("open", abs(self.base, &rel[..at]), e));
+                }
+                continue;
+            }
+            let Some(dir) = dir else {
+                return Err(Error::Internal("directory of the walk not open".into()));
+            };
+            let name = std::mem::take(&mut l.names[l.idx]);
+            l.idx += 1;
+            rel.truncate(l.rel_len);
+            let Some((sub, key)) = self.entry(dir, &name, &mut rel)? else {
+                continue;
+            };
+            // The new directory's level is the stack's length.
+            if stack.len() > MAX_TREE_DEPTH {
+                return Err(Error::Unsupported(format!(
+                    "{}: a directory more than {MAX_TREE_DEPTH} levels deep",
+                    abs(self.base, &rel).display()
+                )));
+            }
+            let names = sorted_names(sub.as_fd(), self.base, &rel)?;
+            let level = Level {
+                names,
+                idx: 0,
+                rel_len: rel.len(),
+            };
+            stack.push(sub, name, key, level);
         }
         Ok(())
     }
 
-    fn entry(&mut self, abs: &mut PathBuf, rel: &mut Vec<u8>, name: &[u8]) -> Result<()> {
-        let md = fs::symlink_metadata(&*abs).at("lstat", &*abs)?;
-        let ft = md.file_type();
-        if ft.is_socket() {
-            tracing::debug!(path = %abs.display(), "skipping socket");
-            return Ok(());
+    /// Writes entry `name` of the open directory `dir`, whose children have
+    /// tar paths `rel` + name (`rel` is empty or ends with '/'). For a
+    /// directory, returns it open with its inode key, `rel` then being its
+    /// tar path.
+    fn entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &mut Vec<u8>,
+    ) -> Result<Option<(OwnedFd, (u64, u64))>> {
+        let base = self.base;
+        let name_b = name.to_bytes();
+        let start = rel.len();
+        rel.extend_from_slice(name_b);
+        let st = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| Error::errno("lstat", abs(base, rel), e))?;
+        let fmt = st.st_mode & libc::S_IFMT;
+        if fmt == libc::S_IFSOCK {
+            tracing::debug!(path = %abs(base, rel).display(), "skipping socket");
+            return Ok(None);
         }
-        if ft.is_char_device() && md.rdev() == 0 {
+        let mtime_nsec = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
+        if fmt == libc::S_IFCHR && st.st_rdev == 0 {
             // Overlay whiteout. Whiteouts are often hard links to one shared
             // inode, so this comes before the hard link check.
+            rel.truncate(start);
             rel.extend_from_slice(WH_PREFIX);
-            rel.extend_from_slice(name);
+            rel.extend_from_slice(name_b);
             let mut e = Entry::new(rel.clone(), Kind::Regular);
-            e.mtime = md.mtime();
-            e.mtime_nsec = nsec(&md);
-            return self.emit(&e);
+            e.mtime = st.st_mtime;
+            e.mtime_nsec = mtime_nsec;
+            self.emit(&e)?;
+            return Ok(None);
         }
-        if name.starts_with(WH_PREFIX) {
+        if name_b.starts_with(WH_PREFIX) {
             return Err(Error::Unsupported(format!(
                 "{}: a file name starting with .wh. cannot be stored in an OCI layer",
-                abs.display()
+                abs(base, rel).display()
             )));
         }
-        rel.extend_from_slice(name);
 
         let mut e = Entry::new(Vec::new(), Kind::Regular);
-        e.mode = md.mode() & 0o7777;
-        e.uid = u64::from(md.uid());
-        e.gid = u64::from(md.gid());
-        e.mtime = md.mtime();
-        e.mtime_nsec = nsec(&md);
+        e.mode = st.st_mode & 0o7777;
+        e.uid = u64::from(st.st_uid);
+        e.gid = u64::from(st.st_gid);
+        e.mtime = st.st_mtime;
+        e.mtime_nsec = mtime_nsec;
 
-        if !ft.is_dir() && md.nlink() > 1 {
-            let key = (md.dev(), md.ino());
+        let key = inode_key(&st);
+        if fmt != libc::S_IFDIR && st.st_nlink > 1 {
             if let Some(first) = self.links.get(&key) {
                 e.path = rel.clone();
                 e.kind = Kind::HardLink;
                 e.link = first.clone();
-                return self.emit(&e);
+                self.emit(&e)?;
+                return Ok(None);
             }
             self.links.insert(key, rel.clone());
         }
 
-        let x = read_xattrs(abs, self.xattrs)?;
-        e.xattrs = x.emit;
-        if ft.is_dir() {
-            rel.push(b'/');
-            e.path = rel.clone();
-            e.kind = Kind::Dir;
-            self.emit(&e)?;
-            if x.opaque {
-                let mut m = Entry::new([&rel[..], WH_OPAQUE].concat(), Kind::Regular);
-                m.mtime = e.mtime;
-                m.mtime_nsec = e.mtime_nsec;
-                self.emit(&m)?;
+        match fmt {
+            libc::S_IFDIR => {
+                let sub = open_subdir(dir, name, key)
+                    .map_err(|e| Error::errno("open", abs(base, rel), e))?;
+                let x = read_xattrs(&XRef::Fd(sub.as_fd()), &abs(base, rel), self.xattrs)?;
+                e.xattrs = x.emit;
+                rel.push(b'/');
+                e.path = rel.clone();
+                e.kind = Kind::Dir;
+                self.emit(&e)?;
+                if x.opaque {
+                    let mut m = Entry::new([&rel[..], WH_OPAQUE].concat(), Kind::Regular);
+                    m.mtime = e.mtime;
+                    m.mtime_nsec = e.mtime_nsec;
+                    self.emit(&m)?;
+                }
+                return Ok(Some((sub, key)));
             }
-            return self.walk_dir(abs, rel);
+            libc::S_IFREG => {
+                let path = abs(base, rel);
+                e.size = st.st_size as u64;
+                // Open before writing the header so that an unreadable file
+                // fails the build before anything about it is written.
+                let f = openat(
+                    dir,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .at("open", &path)?;
+                let fst = fstat(&f).at("fstat", &path)?;
+                if inode_key(&fst) != key {
+                    return Err(Error::io(
+                        "open",
+                        &path,
+                        io::Error::other("file replaced while being archived"),
+                    ));
+                }
+                e.xattrs = read_xattrs(&XRef::Fd(f.as_fd()), &path, self.xattrs)?.emit;
+                e.path = rel.clone();
+                self.emit(&e)?;
+                self.copy_content(&mut File::from(f), e.size, &path)?;
+                return Ok(None);
+            }
+            libc::S_IFLNK => {
+                e.kind = Kind::Symlink;
+                e.link = readlinkat(dir, name)
+                    .map_err(|e| Error::errno("readlink", abs(base, rel), e))?
+                    .into_vec();
+            }
+            libc::S_IFCHR | libc::S_IFBLK => {
+                e.kind = if fmt == libc::S_IFCHR {
+                    Kind::Char
+                } else {
+                    Kind::Block
+                };
+                e.dev_major = u64::from(libc::major(st.st_rdev));
+                e.dev_minor = u64::from(libc::minor(st.st_rdev));
+            }
+            libc::S_IFIFO => e.kind = Kind::Fifo,
+            _ => {
+                tracing::debug!(path = %abs(base, rel).display(), "skipping unknown file type");
+                return Ok(None);
+            }
         }
+        let x = XRef::at(dir, name).map_err(|e| Error::errno("llistxattr", abs(base, rel), e))?;
+        e.xattrs = read_xattrs(&x, &abs(base, rel), self.xattrs)?.emit;
         e.path = rel.clone();
-        if ft.is_file() {
-            e.size = md.len();
-            // Open before writing the header so that an unreadable file
-            // fails the build before anything about it is written.
-            let mut f = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&*abs)
-                .at("open", &*abs)?;
-            let fmd = f.metadata().at("fstat", &*abs)?;
-            if (fmd.dev(), fmd.ino()) != (md.dev(), md.ino()) {
-                return Err(Error::io(
-                    "open",
-                    &*abs,
-                    io::Error::other("file replaced while being archived"),
-                ));
-            }
-            self.emit(&e)?;
-            return self.copy_content(&mut f, e.size, abs);
-        }
-        if ft.is_symlink() {
-            e.kind = Kind::Symlink;
-            e.link = fs::read_link(&*abs)
-                .at("readlink", &*abs)?
-                .into_os_string()
-                .into_vec();
-        } else if ft.is_char_device() || ft.is_block_device() {
-            e.kind = if ft.is_char_device() {
-                Kind::Char
-            } else {
-                Kind::Block
-            };
-            let rdev = md.rdev();
-            e.dev_major = u64::from(libc::major(rdev));
-            e.dev_minor = u64::from(libc::minor(rdev));
-        } else if ft.is_fifo() {
-            e.kind = Kind::Fifo;
-        } else {
-            tracing::debug!(path = %abs.display(), "skipping unknown file type");
-            return Ok(());
-        }
-        self.emit(&e)
+        self.emit(&e)?;
+        Ok(None)
     }
 
     /// Streams exactly `size` bytes of `src` into the archive, then pads.
@@ -265,10 +365,6 @@ impl<W: Write> Walker<'_, W> {
     }
 }
 
-fn nsec(md: &fs::Metadata) -> u32 {
-    u32::try_from(md.mtime_nsec()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +374,7 @@ mod tests {
         let mut progress = |_| {};
         let mut w = Walker {
             w: Vec::new(),
+            base: Path::new("/base"),
             out: Path::new("/out"),
             xattrs: &XattrPolicy::default(),
             links: HashMap::new(),

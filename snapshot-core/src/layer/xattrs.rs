@@ -109,11 +109,10 @@ impl XattrPolicy {
     }
 }
 
-/// Reads the xattrs of `path` (not following symlinks) that `policy` carries.
-pub(super) fn read_xattrs(path: &Path, policy: &XattrPolicy) -> Result<Xattrs> {
-    let x = XRef::path(path)
-        .map_err(|_| Error::InvalidArgument(format!("path with NUL: {}", path.display())))?;
-    let list = match xattr::list(&x) {
+/// Reads the xattrs that `policy` carries of `x` (an open file, or an
+/// entry not followed), the capture entry at `path`.
+pub(super) fn read_xattrs(x: &XRef<'_>, path: &Path, policy: &XattrPolicy) -> Result<Xattrs> {
+    let list = match xattr::list(x) {
         Ok(l) => l,
         Err(Errno::ENODATA) => return Ok(Xattrs::default()),
         Err(e) => return Err(Error::errno("llistxattr", path, e)),
@@ -134,7 +133,7 @@ pub(super) fn read_xattrs(path: &Path, policy: &XattrPolicy) -> Result<Xattrs> {
             Stored::Container(name) if policy.carries(&name) => Some(name),
             Stored::Container(_) => continue,
         };
-        let value = match xattr::get(&x, cname) {
+        let value = match xattr::get(x, cname) {
             Ok(v) => v,
             // Removed since listed.
             Err(Errno::ENODATA | Errno::EOPNOTSUPP) => continue,

@@ -10,8 +10,6 @@
 use std::ffi::{CStr, CString};
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 use nix::errno::Errno;
 
@@ -26,8 +24,11 @@ pub(crate) enum XRef<'a> {
 
 impl XRef<'_> {
     /// The object at `p` itself (a symlink, not its target). `EINVAL` if
-    /// `p` contains a NUL byte.
-    pub(crate) fn path(p: &Path) -> nix::Result<XRef<'static>> {
+    /// `p` contains a NUL byte. Tests only: the code reaches entries by
+    /// (directory fd, name) with [`Self::at`], a path may exceed `PATH_MAX`.
+    #[cfg(test)]
+    pub(crate) fn path(p: &std::path::Path) -> nix::Result<XRef<'static>> {
+        use std::os::unix::ffi::OsStrExt;
         Ok(XRef::Path(
             CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?,
         ))
@@ -190,6 +191,6 @@ mod tests {
         remove(&x, c"user.k").unwrap();
         assert_eq!(get(&x, c"user.k"), Err(Errno::ENODATA));
         assert_eq!(remove(&x, c"user.k"), Err(Errno::ENODATA));
-        assert!(XRef::path(Path::new("a\0b")).is_err());
+        assert!(XRef::path(std::path::Path::new("a\0b")).is_err());
     }
 }
