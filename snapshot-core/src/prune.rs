@@ -87,7 +87,8 @@ fn remove_job(
         Err(e) => return Err(e),
     };
     job::discard_kept(store, id);
-    std::fs::remove_dir_all(&dir).at("remove", &dir)?;
+    // fd-bounded, at any depth (a kept capture may be deeper than PATH_MAX).
+    crate::sys::fs::remove_all(&dir).at("remove", &dir)?;
     tracing::info!(snapshot = %id, state = %s.state, "pruned");
     Ok(true)
 }
