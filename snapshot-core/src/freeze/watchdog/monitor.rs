@@ -41,14 +41,20 @@ impl Monitor {
         let (stop_rx, stop) =
             pipe2(OFlag::O_CLOEXEC).at("pipe for the watchdog monitor of", thaw_path)?;
         let path = thaw_path.to_path_buf();
-        let (up_tx, up) = std::sync::mpsc::sync_channel(0);
+        // A pipe, not a std channel: a blocking std channel receive makes std
+        // allocate a thread handle for the calling thread, which may be a C,
+        // Go or Python caller's own thread that never frees it.
+        let (up, up_tx) =
+            pipe2(OFlag::O_CLOEXEC).at("pipe for the watchdog monitor of", thaw_path)?;
         let thread = std::thread::Builder::new()
             .name("seamless-wd-mon".into())
             .spawn(move || watch(&sock, &stop_rx, thaw, thaw_bytes, &path, up_tx))
             .map_err(|e| Error::io("start the watchdog monitor of", thaw_path, e))?;
         // Its start (stack, real-time policy) must not overlap the window:
         // that CPU time would be pause.
-        let _ = up.recv();
+        let mut byte = [0u8; 1];
+        // The byte, or EOF if the thread ended first; EINTR: ask again.
+        while let Err(Errno::EINTR) = nix::unistd::read(&up, &mut byte) {}
         Ok(Monitor { stop, thread })
     }
 
@@ -70,13 +76,13 @@ fn watch(
     thaw: File,
     bytes: &[u8],
     path: &Path,
-    up: std::sync::mpsc::SyncSender<()>,
+    up: OwnedFd,
 ) -> bool {
     // Not real-time: a watchdog's death is rare, a wakeup among the
     // machine's ordinary tasks takes milliseconds at worst, and a real-time
     // thread more near the window lengthened the freeze (the empty-window
     // pause of the freeze tests) by tens of microseconds.
-    let _ = up.send(());
+    let _ = nix::unistd::write(&up, b"u");
     drop(up);
     loop {
         let mut fds = [
