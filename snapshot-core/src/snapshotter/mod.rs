@@ -16,14 +16,12 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
 use crate::SeamlessSnapshot;
-use crate::capture::{self, Capture, MappedFiles};
+use crate::capture;
 use crate::config::{BackgroundMode, CommitOptions, Config};
 use crate::containerd::{self, ContainerdClient};
 use crate::error::{Error, IoContext, Result};
@@ -35,6 +33,11 @@ use crate::result::SnapshotResult;
 use crate::space;
 use crate::state::{self, StatusStore, ensure_private_dir, lock_file, try_lock_dir};
 use crate::status::{SnapshotState, SnapshotStatus, Worker};
+use fault::{FAULT_SKIP_SPACE_CHECK, fault_flag};
+use window::ensure_not_frozen;
+
+mod fault;
+mod window;
 
 /// Commits containers of one containerd namespace.
 ///
@@ -380,80 +383,6 @@ impl ContainerdSnapshotter {
         })
     }
 
-    /// The capture proper, in the order it happens: pre-copy while the
-    /// container runs; the freeze window (its processes, the files they map
-    /// shared and writable, the sync of the copy, the test-only fault hold);
-    /// thaw.
-    fn capture_frozen(
-        &self,
-        container_id: &str,
-        upper: &Path,
-        dest: &Path,
-        freezer: &dyn freeze::Freezer,
-        pid: u32,
-        writer: &StatusWriter,
-    ) -> Result<(Capture, freeze::PauseTiming, chrono::DateTime<Utc>)> {
-        // The files the container maps shared-writable, on either device
-        // its memory maps may show them with (the root overlay's, or the
-        // upper dir's filesystem's on kernels before 6.8).
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let root_dev = std::fs::metadata(&root).at("stat", &root)?.dev();
-        let upper_dev = std::fs::metadata(upper).at("stat", upper)?.dev();
-        let mut mapped = MappedFiles::new(root_dev, upper_dev);
-
-        // Pre-copy: the bulk of the data, while the container runs, with the
-        // mappings sampled all along.
-        let mut capture = Capture::new(upper, dest)?;
-        let pre = sampling_mappings(freezer.path(), &mut mapped, || {
-            capture.precopy(&mut |done| writer.progress(done, 0))
-        })?;
-        tracing::debug!(entries = pre.entries, bytes = pre.bytes_copied, took = ?pre.duration, "pre-copy done");
-
-        // Looked up before the freeze, to keep the window short.
-        let hold = fault_hold(FAULT_HOLD_FROZEN);
-
-        // The pre-copy may have taken minutes: if someone paused the
-        // container meanwhile, leave their pause alone (our thaw would undo
-        // it) and give up.
-        if let Some(h) = fault_hold(FAULT_HOLD_BEFORE_FREEZE) {
-            std::thread::sleep(h);
-        }
-        ensure_not_frozen(freezer, container_id)?;
-
-        // The freeze window; `with_frozen` thaws on every path.
-        let ((sync, captured_at), pause) = freeze::with_frozen(
-            freezer,
-            self.config.freeze_timeout,
-            self.config.max_pause,
-            || {
-                let at = Utc::now();
-                // The container's processes, stable while frozen.
-                let pids = freeze::pids_below(freezer.path())?;
-                // Files written through shared mappings, now or ever since
-                // the pre-copy began, may have changed without a trace in
-                // their stat: copy them again.
-                mapped.sample(&pids);
-                capture.force_recopy(mapped.files());
-                // Bring the copy to the exact state of this instant.
-                let stats = capture.sync_frozen()?;
-                if let Some(h) = hold {
-                    std::thread::sleep(h);
-                }
-                Ok((stats, at))
-            },
-        )?;
-
-        // Thawed.
-        tracing::info!(
-            pause_us = pause.pause.as_micros() as u64,
-            synced_entries = sync.entries,
-            recopied_bytes = sync.bytes_copied,
-            removed = sync.removed,
-            "container thawed"
-        );
-        Ok((capture, pause, captured_at))
-    }
-
     fn start_background(&self, spec: JobSpec, writer: &StatusWriter) -> Result<()> {
         match &self.config.background {
             BackgroundMode::InProcess => {
@@ -502,39 +431,6 @@ impl ContainerdSnapshotter {
     }
 }
 
-/// Test-only fault injection: stay inside the frozen window this many
-/// milliseconds longer (so that tests can kill the committer, or thaw the
-/// container from outside, there).
-const FAULT_HOLD_FROZEN: &str = "SEAMLESS_FAULT_HOLD_FROZEN_MS";
-/// Test-only fault injection: wait this many milliseconds between the
-/// pre-copy and the freeze (so that tests can pause the container there).
-const FAULT_HOLD_BEFORE_FREEZE: &str = "SEAMLESS_FAULT_HOLD_BEFORE_FREEZE_MS";
-
-/// Test-only fault injection: `1` skips the free-space check (so that
-/// tests can make the pre-copy itself run out of space).
-const FAULT_SKIP_SPACE_CHECK: &str = "SEAMLESS_FAULT_SKIP_SPACE_CHECK";
-
-/// Whether a fault-injection flag is set (`1`); never in a release build.
-fn fault_flag(var: &str) -> bool {
-    cfg!(debug_assertions) && std::env::var_os(var).is_some_and(|v| v == "1")
-}
-
-/// The duration a fault-injection variable asks for. Read only in debug
-/// builds: a release build has no such behaviour whatever its environment.
-fn fault_hold(var: &str) -> Option<Duration> {
-    if !cfg!(debug_assertions) {
-        return None;
-    }
-    let ms = std::env::var(var).ok()?;
-    match ms.trim().parse::<u64>() {
-        Ok(ms) => Some(Duration::from_millis(ms)),
-        Err(_) => {
-            tracing::warn!(value = %ms, "ignoring {var}: not a number of milliseconds");
-            None
-        }
-    }
-}
-
 /// Where the captures of a commit go (see
 /// [`ContainerdSnapshotter::capture_home`]).
 enum CaptureHome {
@@ -560,71 +456,6 @@ impl CaptureHome {
             CaptureHome::Root(root) => root.join(id),
         }
     }
-}
-
-/// How often the mappings of the container's processes are sampled during
-/// the pre-copy.
-const MAPPINGS_SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Runs `f` while another thread samples, every
-/// [`MAPPINGS_SAMPLE_INTERVAL`], the shared-writable mappings of the
-/// processes in `cgroup` into `mapped`: a file mapped, written and unmapped
-/// again during the pre-copy is still known in the frozen window.
-///
-/// A plain spawned thread rather than `std::thread::scope`: a scope makes
-/// std allocate a thread handle for the calling thread, which may be a C,
-/// Go or Python caller's own thread that never frees it.
-fn sampling_mappings<T>(cgroup: &Path, mapped: &mut MappedFiles, f: impl FnOnce() -> T) -> T {
-    let stop = Arc::new(AtomicBool::new(false));
-    let spawned = {
-        let stop = stop.clone();
-        let cgroup = cgroup.to_path_buf();
-        let mut sampled = mapped.clone();
-        std::thread::Builder::new()
-            .name("seamless-mappings".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    // A cgroup that cannot be read now is read again next
-                    // time; the window's own sample is the one that must
-                    // succeed.
-                    if let Ok(pids) = freeze::pids_below(&cgroup) {
-                        sampled.sample(&pids);
-                    }
-                    std::thread::park_timeout(MAPPINGS_SAMPLE_INTERVAL);
-                }
-                sampled
-            })
-    };
-    let sampler = match spawned {
-        Ok(h) => Some(h),
-        Err(e) => {
-            // Without the sampler only the window's sample is taken.
-            tracing::warn!(error = %e, "cannot start the mappings sampler");
-            None
-        }
-    };
-    let out = f();
-    stop.store(true, Ordering::Relaxed);
-    if let Some(h) = sampler {
-        h.thread().unpark();
-        match h.join() {
-            Ok(sampled) => *mapped = sampled,
-            Err(_) => tracing::warn!("the mappings sampler panicked"),
-        }
-    }
-    out
-}
-
-/// Refuses a container whose cgroup is frozen (or freezing): someone else
-/// paused it, and our thaw would unpause it behind their back.
-fn ensure_not_frozen(freezer: &dyn freeze::Freezer, container_id: &str) -> Result<()> {
-    if freezer.is_paused()? {
-        return Err(Error::ContainerNotRunning {
-            id: container_id.to_string(),
-            status: format!("frozen (cgroup {})", freezer.path().display()),
-        });
-    }
-    Ok(())
 }
 
 /// Per-commit options on top of the configured defaults.
