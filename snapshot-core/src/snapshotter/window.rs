@@ -59,6 +59,9 @@ impl ContainerdSnapshotter {
             std::thread::sleep(h);
         }
         ensure_not_frozen(freezer, container_id)?;
+        // What the pre-copy saw mapped is forced now; the window adds only
+        // what its own sample finds.
+        capture.force_recopy(mapped.files());
 
         // The freeze window; `with_frozen` thaws on every path.
         let ((sync, captured_at), pause) = freeze::with_frozen(
@@ -69,11 +72,12 @@ impl ContainerdSnapshotter {
                 let at = Utc::now();
                 // The container's processes, stable while frozen.
                 let pids = freeze::pids_below(freezer.path())?;
-                // Files written through shared mappings, now or ever since
-                // the pre-copy began, may have changed without a trace in
-                // their stat: copy them again.
-                mapped.sample(&pids);
-                capture.force_recopy(mapped.files());
+                // Files written through shared mappings may have changed
+                // without a trace in their stat: copy them again (those seen
+                // during the pre-copy are forced already).
+                let mut now = MappedFiles::new(root_dev, upper_dev);
+                now.sample(&pids);
+                capture.force_recopy(now.files());
                 // Bring the copy to the exact state of this instant.
                 let stats = capture.sync_frozen()?;
                 if let Some(h) = hold {
