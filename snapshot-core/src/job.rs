@@ -29,6 +29,7 @@ use crate::containerd::ContainerdClient;
 use crate::error::{Error, Result};
 use crate::image::{self, Descriptor, History};
 use crate::layer;
+use crate::procfs::idmap::UserNamespace;
 use crate::registry::{self, BlobSource, PushRequest, RegistrySettings};
 use crate::state::{self, StatusStore};
 use crate::status::{LayerInfo, SnapshotState, SnapshotStatus, Worker};
@@ -68,6 +69,11 @@ pub(crate) struct JobSpec {
     /// capture are `user.overlay.*` rather than `trusted.overlay.*`.
     #[serde(default)]
     pub(crate) overlay_userxattr: bool,
+    /// The container's user namespace (its ID maps as the host sees them),
+    /// read at commit time; `None` without one (or with identity maps):
+    /// the layer's owners are then the host's as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) user_namespace: Option<UserNamespace>,
     /// The instant the copy represents.
     pub(crate) captured_at: DateTime<Utc>,
     /// Commit options.
@@ -237,12 +243,18 @@ async fn run_inner(
         userxattr: spec.overlay_userxattr,
         extra: spec.options.extra_xattrs.clone(),
     };
+    let owners = spec.user_namespace.clone();
     let w = writer.clone();
     let bp = blob_path.clone();
     let blob = tokio::task::spawn_blocking(move || {
-        layer::build_layer(&capture_dir, &bp, compression, &xattrs, &mut |done| {
-            w.progress(done, total)
-        })
+        layer::build_layer(
+            &capture_dir,
+            &bp,
+            compression,
+            &xattrs,
+            owners.as_ref(),
+            &mut |done| w.progress(done, total),
+        )
     })
     .await
     .map_err(|e| Error::Internal(format!("layer builder panicked: {e}")))??;

@@ -994,6 +994,7 @@ fn a_tree_deeper_than_path_max_is_captured_and_layered() {
         &out,
         crate::types::Compression::None,
         &crate::layer::XattrPolicy::default(),
+        None,
         &mut |_| {},
     )
     .unwrap();
@@ -1043,6 +1044,7 @@ fn a_tree_deeper_than_the_limit_is_refused_with_its_path() {
         &out,
         crate::types::Compression::None,
         &crate::layer::XattrPolicy::default(),
+        None,
         &mut |_| {},
     )
     .unwrap();
@@ -1069,6 +1071,7 @@ fn a_tree_deeper_than_the_limit_is_refused_with_its_path() {
         &out,
         crate::types::Compression::None,
         &crate::layer::XattrPolicy::default(),
+        None,
         &mut |_| {},
     )
     .unwrap_err();

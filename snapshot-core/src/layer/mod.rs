@@ -8,12 +8,14 @@
 //! stream is written, compressed and hashed in one pass.
 //!
 //! Layout: [`walk`] (the tree to tar entries, with the conversions),
-//! [`xattrs`] (which xattrs a layer carries: [`XattrPolicy`]), [`tar`]
+//! [`xattrs`] (which xattrs a layer carries: [`XattrPolicy`]), [`owners`]
+//! (IDs as a container in a user namespace sees them), [`tar`]
 //! (header encoding), [`compress`] (compression and the two digests). This module opens the
 //! blob, runs the pipeline and makes the result durable; the invariant it
 //! keeps is that a failed build leaves no blob behind.
 
 mod compress;
+mod owners;
 mod tar;
 #[cfg(test)]
 mod tests;
@@ -28,6 +30,7 @@ use std::path::{Path, PathBuf};
 use sha2::Digest;
 
 use crate::error::{Error, IoContext, Result};
+use crate::procfs::idmap::UserNamespace;
 use crate::types::Compression;
 use compress::{Encoder, HashWriter};
 pub(crate) use xattrs::XattrPolicy;
@@ -59,7 +62,9 @@ pub(crate) struct LayerBlob {
 ///
 /// Entries are sorted by name bytes within each directory, depth-first, so
 /// the same tree always gives the same bytes; they carry the xattrs that
-/// `xattrs` lets through. On error the partial `out` is removed. Returns
+/// `xattrs` lets through. With `owners` (a container in a user namespace),
+/// owners and the IDs in xattrs are translated to the container's; with
+/// `None` they are the capture's as they are. On error the partial `out` is removed. Returns
 /// [`Error::Unsupported`] if the tree uses overlay redirects or metacopy, or
 /// holds a file whose name starts with `.wh.` (it would read as a whiteout).
 pub(crate) fn build_layer(
@@ -67,6 +72,7 @@ pub(crate) fn build_layer(
     out: &Path,
     compression: Compression,
     xattrs: &XattrPolicy,
+    owners: Option<&UserNamespace>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<LayerBlob> {
     let md = fs::symlink_metadata(capture_dir).at("lstat", capture_dir)?;
@@ -83,7 +89,15 @@ pub(crate) fn build_layer(
         .open(out)
         .at("create", out)?;
     tracing::debug!(capture_dir = %capture_dir.display(), out = %out.display(), %compression, "building layer");
-    let res = build_into(file, capture_dir, out, compression, xattrs, progress);
+    let res = build_into(
+        file,
+        capture_dir,
+        out,
+        compression,
+        xattrs,
+        owners,
+        progress,
+    );
     match &res {
         Ok(blob) => tracing::debug!(
             digest = %blob.digest, diff_id = %blob.diff_id, size = blob.size,
@@ -103,12 +117,19 @@ fn build_into(
     out: &Path,
     compression: Compression,
     xattrs: &XattrPolicy,
+    owners: Option<&UserNamespace>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<LayerBlob> {
     let blob = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
     let enc = Encoder::new(compression, blob).at("init compressor", out)?;
-    let (w, entries) =
-        walk::write_archive(HashWriter::new(enc), capture_dir, out, xattrs, progress)?;
+    let (w, entries) = walk::write_archive(
+        HashWriter::new(enc),
+        capture_dir,
+        out,
+        xattrs,
+        owners,
+        progress,
+    )?;
 
     let (tar_hash, uncompressed_size, enc) = w.into_parts();
     let blob = enc.finish().at("write", out)?;

@@ -206,7 +206,7 @@ fn pax(e: &Value, key: &str) -> Option<Vec<u8>> {
 }
 
 fn build(root: &Path, out: &Path, c: Compression) -> LayerBlob {
-    build_layer(root, out, c, &XattrPolicy::default(), &mut |_| {}).unwrap()
+    build_layer(root, out, c, &XattrPolicy::default(), None, &mut |_| {}).unwrap()
 }
 
 #[test]
@@ -241,7 +241,7 @@ fn full_tree_read_back_by_python_and_gnu_tar() {
     let out = tmp.path().join("layer.tar.gz");
     let mut reports = Vec::new();
     let policy = XattrPolicy::default();
-    let blob = build_layer(&root, &out, Compression::Gzip, &policy, &mut |n| {
+    let blob = build_layer(&root, &out, Compression::Gzip, &policy, None, &mut |n| {
         reports.push(n)
     })
     .unwrap();
@@ -507,6 +507,7 @@ fn out_is_created_exclusively() {
         &out,
         Compression::Gzip,
         &XattrPolicy::default(),
+        None,
         &mut |_| {},
     )
     .unwrap_err();
@@ -522,6 +523,7 @@ fn out_is_created_exclusively() {
         &m,
         Compression::Gzip,
         &XattrPolicy::default(),
+        None,
         &mut |_| {},
     )
     .unwrap_err();
@@ -534,6 +536,7 @@ fn expect_unsupported(root: &Path, out: &Path) {
         out,
         Compression::Gzip,
         &XattrPolicy::default(),
+        None,
         &mut |_| {},
     )
     .unwrap_err();
@@ -573,7 +576,7 @@ fn try_setx(path: &Path, name: &str, value: &[u8]) -> bool {
 
 /// The PAX records of every entry of the tar built from `root` with `policy`.
 fn built_with(root: &Path, out: &Path, policy: &XattrPolicy) -> Vec<Value> {
-    let blob = build_layer(root, out, Compression::None, policy, &mut |_| {}).unwrap();
+    let blob = build_layer(root, out, Compression::None, policy, None, &mut |_| {}).unwrap();
     py_dump(&blob.path)
 }
 
@@ -665,4 +668,149 @@ fn xattr_policy_and_overlay_mount_modes() {
         pax(f_entry, "SCHILY.xattr.trusted.overlay.esc").unwrap(),
         b"t"
     );
+}
+
+/// A POSIX ACL xattr value: owner rw, named user `uid` r, owning group r,
+/// named group `gid` r, mask r, others nothing.
+fn acl_value(uid: u32, gid: u32) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, uid),
+        (0x04, 4, u32::MAX),
+        (0x08, 4, gid),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// A v3 `security.capability` (CAP_NET_RAW, effective) for root `rootid`.
+fn cap_v3(rootid: u32) -> Vec<u8> {
+    let mut v = 0x0300_0001u32.to_le_bytes().to_vec();
+    v.extend_from_slice(&(1u32 << 13).to_le_bytes());
+    v.extend_from_slice(&[0u8; 12]);
+    v.extend_from_slice(&rootid.to_le_bytes());
+    v
+}
+
+#[test]
+#[ignore = "needs root"]
+fn user_namespace_owners_are_the_containers() {
+    use crate::procfs::idmap::{IdMap, UserNamespace};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("capture");
+    fs::create_dir(&root).unwrap();
+    let own = |p: &Path, uid, gid| std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
+    let (d, f, u, stray, link, ping) = (
+        root.join("d"),
+        root.join("d/f"),
+        root.join("d/u"),
+        root.join("stray"),
+        root.join("link"),
+        root.join("ping"),
+    );
+    fs::create_dir(&d).unwrap();
+    own(&d, 100_000, 100_000);
+    fs::write(&f, b"f").unwrap();
+    own(&f, 100_000, 100_000);
+    fs::write(&u, b"u").unwrap();
+    own(&u, 101_000, 101_000);
+    fs::hard_link(&u, root.join("u2")).unwrap();
+    fs::write(&stray, b"s").unwrap();
+    // No mapping inside: the container sees the overflow IDs.
+    own(&stray, 5, 7);
+    symlink("d/f", &link).unwrap();
+    own(&link, 101_000, 100_000);
+    whiteout(&root.join("gone"));
+    fs::write(&ping, b"p").unwrap();
+    own(&ping, 100_000, 100_000);
+    setx(&ping, "security.capability", &cap_v3(100_000));
+    setx(&f, "security.capability", &cap_v3(101_000));
+    let acls = try_setx(&u, "system.posix_acl_access", &acl_value(101_000, 102_000))
+        && try_setx(&d, "system.posix_acl_default", &acl_value(101_000, 5));
+
+    let ns = UserNamespace::from_maps(
+        IdMap::parse(b"0 100000 65536").unwrap(),
+        IdMap::parse(b"0 100000 65536").unwrap(),
+        65534,
+        65533,
+    )
+    .unwrap();
+    let build = |out: &str, owners: Option<&UserNamespace>| {
+        let out = tmp.path().join(out);
+        let blob = build_layer(
+            &root,
+            &out,
+            Compression::None,
+            &XattrPolicy::default(),
+            owners,
+            &mut |_| {},
+        )
+        .unwrap();
+        (py_dump(&blob.path), fs::read(&blob.path).unwrap())
+    };
+    let owner = |e: &[Value], name: &[u8]| {
+        let x = find(e, name);
+        (x["uid"].as_u64().unwrap(), x["gid"].as_u64().unwrap())
+    };
+
+    // Without a namespace: the host's IDs, as before.
+    let (host, host_bytes) = build("host", None);
+    assert_eq!(owner(&host, b"d/u"), (101_000, 101_000));
+    assert_eq!(
+        pax(find(&host, b"ping"), "SCHILY.xattr.security.capability").unwrap(),
+        cap_v3(100_000)
+    );
+
+    let (e, bytes) = build("mapped", Some(&ns));
+    assert_ne!(bytes, host_bytes);
+    assert_eq!(owner(&e, b"d"), (0, 0));
+    assert_eq!(owner(&e, b"d/f"), (0, 0));
+    assert_eq!(owner(&e, b"d/u"), (1000, 1000));
+    assert_eq!(find(&e, b"u2")["type"], "1");
+    assert_eq!(owner(&e, b"u2"), (1000, 1000));
+    assert_eq!(owner(&e, b"link"), (1000, 0));
+    assert_eq!(owner(&e, b"stray"), (65534, 65533));
+    assert_eq!(owner(&e, b".wh.gone"), (0, 0));
+    // The namespace's root: the v2 form; a nested root: v3 with its ID inside.
+    let mut v2 = cap_v3(0);
+    v2.truncate(20);
+    v2[3] = 2;
+    assert_eq!(
+        pax(find(&e, b"ping"), "SCHILY.xattr.security.capability").unwrap(),
+        v2
+    );
+    assert_eq!(
+        pax(find(&e, b"d/f"), "SCHILY.xattr.security.capability").unwrap(),
+        cap_v3(1000)
+    );
+    if acls {
+        assert_eq!(
+            pax(find(&e, b"d/u"), "SCHILY.xattr.system.posix_acl_access").unwrap(),
+            acl_value(1000, 2000)
+        );
+        assert_eq!(
+            pax(find(&e, b"d"), "SCHILY.xattr.system.posix_acl_default").unwrap(),
+            acl_value(1000, 65533)
+        );
+    }
+    // Nothing else differs.
+    let strip = |mut v: Vec<Value>| {
+        for x in &mut v {
+            let o = x.as_object_mut().unwrap();
+            o.remove("uid");
+            o.remove("gid");
+            o["pax"]
+                .as_object_mut()
+                .unwrap()
+                .retain(|k, _| !k.starts_with("SCHILY.xattr."));
+        }
+        v
+    };
+    assert_eq!(strip(e), strip(host));
 }

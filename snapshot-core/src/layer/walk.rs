@@ -2,7 +2,9 @@
 //! converting overlay conventions to OCI ones on the way: a whiteout (char
 //! device 0/0) becomes an empty `.wh.<name>` file, an opaque directory gets a
 //! `.wh..wh..opq` marker right after it, a second name of a multiply-linked
-//! inode becomes a tar hard link to the first.
+//! inode becomes a tar hard link to the first. For a container in a user
+//! namespace, owners and the IDs in xattrs are those the container sees
+//! ([`super::owners`]).
 //!
 //! Invariants: entries are sorted by name bytes within each directory,
 //! directories before their children, so the same tree always gives the same
@@ -27,9 +29,11 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
 use nix::sys::stat::{Mode, fstat, fstatat};
 
+use super::owners::map_xattr;
 use super::tar::{self, Entry, Kind};
-use super::xattrs::{XattrPolicy, read_xattrs};
+use super::xattrs::{XattrPolicy, Xattrs, read_xattrs};
 use crate::error::{Error, IoContext, Result};
+use crate::procfs::idmap::UserNamespace;
 use crate::sys::fs::{DirStack, MAX_TREE_DEPTH, inode_key, open_dir, open_subdir, read_names};
 use crate::sys::xattr::XRef;
 
@@ -45,12 +49,14 @@ const READ_BUF: usize = 256 * 1024;
 /// Writes the whole archive of `capture_dir` (ending with the two zero
 /// blocks) to `w`, and reports the content bytes read once more at the end.
 /// Returns `w` and the number of entries written. Write errors name `out`.
-/// Entries carry the xattrs `xattrs` lets through.
+/// Entries carry the xattrs `xattrs` lets through, and the IDs of
+/// `owners` when the container is in a user namespace.
 pub(super) fn write_archive<W: Write>(
     w: W,
     capture_dir: &Path,
     out: &Path,
     xattrs: &XattrPolicy,
+    owners: Option<&UserNamespace>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(W, u64)> {
     let top = open_dir(capture_dir).at("open", capture_dir)?;
@@ -60,6 +66,7 @@ pub(super) fn write_archive<W: Write>(
         base: capture_dir,
         out,
         xattrs,
+        owners,
         links: HashMap::new(),
         entries: 0,
         read: 0,
@@ -108,6 +115,8 @@ struct Walker<'a, W: Write> {
     base: &'a Path,
     out: &'a Path,
     xattrs: &'a XattrPolicy,
+    /// The container's user namespace, when it has one: IDs are translated.
+    owners: Option<&'a UserNamespace>,
     /// First path emitted for each multiply-linked inode.
     links: HashMap<(u64, u64), Vec<u8>>,
     entries: u64,
@@ -118,6 +127,22 @@ struct Walker<'a, W: Write> {
 }
 
 impl<W: Write> Walker<'_, W> {
+    /// The xattrs the layer carries of `x` (the capture entry at `path`),
+    /// with their IDs as the container sees them.
+    fn xattrs_of(&self, x: &XRef<'_>, path: &Path) -> Result<Xattrs> {
+        let mut found = read_xattrs(x, path, self.xattrs)?;
+        if let Some(ns) = self.owners {
+            let mut mapped = Vec::with_capacity(found.emit.len());
+            for (name, value) in found.emit {
+                if let Some(value) = map_xattr(ns, &name, value, path)? {
+                    mapped.push((name, value));
+                }
+            }
+            found.emit = mapped;
+        }
+        Ok(found)
+    }
+
     fn emit(&mut self, e: &Entry) -> Result<()> {
         self.w
             .write_all(&tar::encode_header(e))
@@ -220,8 +245,12 @@ impl<W: Write> Walker<'_, W> {
 
         let mut e = Entry::new(Vec::new(), Kind::Regular);
         e.mode = st.st_mode & 0o7777;
-        e.uid = u64::from(st.st_uid);
-        e.gid = u64::from(st.st_gid);
+        let (uid, gid) = match self.owners {
+            Some(ns) => (ns.uid(st.st_uid), ns.gid(st.st_gid)),
+            None => (st.st_uid, st.st_gid),
+        };
+        e.uid = u64::from(uid);
+        e.gid = u64::from(gid);
         e.mtime = st.st_mtime;
         e.mtime_nsec = mtime_nsec;
 
@@ -241,7 +270,7 @@ impl<W: Write> Walker<'_, W> {
             libc::S_IFDIR => {
                 let sub = open_subdir(dir, name, key)
                     .map_err(|e| Error::errno("open", abs(base, rel), e))?;
-                let x = read_xattrs(&XRef::Fd(sub.as_fd()), &abs(base, rel), self.xattrs)?;
+                let x = self.xattrs_of(&XRef::Fd(sub.as_fd()), &abs(base, rel))?;
                 e.xattrs = x.emit;
                 rel.push(b'/');
                 e.path = rel.clone();
@@ -275,7 +304,7 @@ impl<W: Write> Walker<'_, W> {
                         io::Error::other("file replaced while being archived"),
                     ));
                 }
-                e.xattrs = read_xattrs(&XRef::Fd(f.as_fd()), &path, self.xattrs)?.emit;
+                e.xattrs = self.xattrs_of(&XRef::Fd(f.as_fd()), &path)?.emit;
                 e.path = rel.clone();
                 self.emit(&e)?;
                 self.copy_content(&mut File::from(f), e.size, &path)?;
@@ -303,7 +332,7 @@ impl<W: Write> Walker<'_, W> {
             }
         }
         let x = XRef::at(dir, name).map_err(|e| Error::errno("llistxattr", abs(base, rel), e))?;
-        e.xattrs = read_xattrs(&x, &abs(base, rel), self.xattrs)?.emit;
+        e.xattrs = self.xattrs_of(&x, &abs(base, rel))?.emit;
         e.path = rel.clone();
         self.emit(&e)?;
         Ok(None)
@@ -377,6 +406,7 @@ mod tests {
             base: Path::new("/base"),
             out: Path::new("/out"),
             xattrs: &XattrPolicy::default(),
+            owners: None,
             links: HashMap::new(),
             entries: 0,
             read: 0,

@@ -1,12 +1,15 @@
 //! Parsers of the kernel's `/proc` text files, in one place: mount tables
 //! ([`mountinfo`]), a process's cgroups ([`cgroup`]), its memory mappings
-//! ([`maps`]) and its `stat` line ([`stat`]).
+//! ([`maps`]), its `stat` line ([`stat`]) and its user namespace's ID maps
+//! ([`idmap`]).
 //!
 //! Invariants: parsers read the kernel's text as bytes and skip lines they
-//! cannot parse rather than fail; every `\ooo` octal escape is decoded by the
+//! cannot parse rather than fail, except the ID maps, where a line skipped
+//! would leave host IDs in an image (a typed error); every `\ooo` octal escape is decoded by the
 //! one [`unescape_octal`], which never decodes a sequence that is not a byte.
 
 pub(crate) mod cgroup;
+pub(crate) mod idmap;
 pub(crate) mod maps;
 pub(crate) mod mountinfo;
 pub(crate) mod stat;

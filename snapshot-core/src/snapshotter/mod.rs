@@ -27,6 +27,7 @@ use crate::containerd::{self, ContainerdClient};
 use crate::error::{Error, IoContext, Result};
 use crate::freeze;
 use crate::job::{self, JobSpec, StatusWriter};
+use crate::procfs::idmap::UserNamespace;
 use crate::prune;
 use crate::registry;
 use crate::result::SnapshotResult;
@@ -289,6 +290,14 @@ impl ContainerdSnapshotter {
         })?;
         drop(client);
         containerd::check_mountinfo(container.pid, &mount.upper)?;
+        // A container in a user namespace sees other IDs than the host's its
+        // files are owned by: its maps go with the job, for the layer to
+        // carry the container's view. Read before anything is created (a map
+        // never changes once written).
+        let user_namespace = UserNamespace::of_pid(container.pid)?;
+        if let Some(ns) = &user_namespace {
+            tracing::debug!(?ns, "container in a user namespace: owners are mapped back");
+        }
         // One commit per container at a time: a second one's thaw would end
         // the first one's frozen window early. The lock is on the upper dir
         // itself, so committers with different state directories (or
@@ -345,6 +354,7 @@ impl ContainerdSnapshotter {
             base_config: String::from_utf8_lossy(&base.config).into_owned(),
             capture_dir: capture_dir.clone(),
             overlay_userxattr: mount.userxattr,
+            user_namespace,
             captured_at,
             options: merge_options(&self.config.defaults, options),
             docker_config: self.config.docker_config.clone(),
