@@ -5,101 +5,20 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::process::Command;
 use std::time::Duration;
 
 use seamless_snapshot::{CommitOptions, Compression, ContainerdSnapshotter};
-use seamless_snapshot_tests::{Rig, check_cmd, set_xattr};
+use seamless_snapshot_tests::layer_tar::{tar_entries, top_layer_tar};
+use seamless_snapshot_tests::{Rig, set_xattr};
 
 const PUSH_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The top layer blob of the pushed image `<registry>/<repo>:<tag>`, as
-/// the registry serves it.
-fn top_layer_blob(rig: &Rig, repo: &str, tag: &str) -> Vec<u8> {
-    let manifest = rig.inspect_raw(&format!("{}/{repo}:{tag}", rig.registry()));
-    let top = manifest["layers"]
-        .as_array()
-        .and_then(|l| l.last())
-        .expect("a layer");
-    assert_eq!(
-        top["mediaType"], "application/vnd.oci.image.layer.v1.tar",
-        "an uncompressed layer"
-    );
-    let digest = top["digest"].as_str().expect("digest");
-    let out = rig.new_dir("blob").join("layer.tar");
-    check_cmd(
-        Command::new("curl")
-            .args(["-sSf", "-o"])
-            .arg(&out)
-            .arg(format!(
-                "http://{}/v2/{repo}/blobs/{digest}",
-                rig.registry()
-            )),
-    );
-    fs::read(&out).unwrap()
-}
-
-fn octal(field: &[u8]) -> usize {
-    let s = String::from_utf8_lossy(field);
-    let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
-    usize::from_str_radix(s, 8).unwrap_or_else(|e| panic!("octal field {s:?}: {e}"))
-}
-
-fn cstr(field: &[u8]) -> String {
-    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
-}
-
-/// The PAX records (`LEN KEY=VALUE\n`) of an extended header.
-fn pax_records(mut data: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    while let Some(sp) = data.iter().position(|b| *b == b' ') {
-        let len: usize = String::from_utf8_lossy(&data[..sp])
-            .parse()
-            .expect("PAX length");
-        let rec = &data[sp + 1..len - 1];
-        let eq = rec.iter().position(|b| *b == b'=').expect("PAX '='");
-        out.push((
-            String::from_utf8_lossy(&rec[..eq]).into_owned(),
-            rec[eq + 1..].to_vec(),
-        ));
-        data = &data[len..];
-    }
-    out
-}
-
-/// Every entry of an uncompressed tar, by path, with its xattrs (the
-/// `SCHILY.xattr.*` records of its PAX header).
+/// Every entry of an uncompressed tar with its xattrs, by path.
 fn tar_xattrs(tar: &[u8]) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let mut pax = Vec::new();
-    let mut off = 0;
-    while off + 512 <= tar.len() && tar[off..off + 512].iter().any(|b| *b != 0) {
-        let h = &tar[off..off + 512];
-        let size = octal(&h[124..136]);
-        let data = &tar[off + 512..off + 512 + size];
-        off += 512 + size.div_ceil(512) * 512;
-        if h[156] == b'x' {
-            pax = pax_records(data);
-            continue;
-        }
-        let (prefix, name) = (cstr(&h[345..500]), cstr(&h[..100]));
-        let mut path = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let mut xattrs = BTreeMap::new();
-        for (k, v) in pax.drain(..) {
-            if k == "path" {
-                path = String::from_utf8_lossy(&v).into_owned();
-            } else if let Some(x) = k.strip_prefix("SCHILY.xattr.") {
-                xattrs.insert(x.to_string(), v);
-            }
-        }
-        out.insert(path, xattrs);
-    }
-    out
+    tar_entries(tar)
+        .into_iter()
+        .map(|(path, e)| (path, e.xattrs))
+        .collect()
 }
 
 /// The xattr names of entry `path`.
@@ -124,7 +43,7 @@ fn commit_layer(rig: &Rig, id: &str, tag: &str, extra_xattrs: &[&str]) -> Vec<u8
         .commit_with(id, &target, &options, Some(PUSH_TIMEOUT))
         .unwrap();
     assert!(r.manifest_digest.is_some());
-    top_layer_blob(rig, &format!("{}/{id}", rig.ns()), tag)
+    top_layer_tar(rig, &format!("{}/{id}", rig.ns()), tag)
 }
 
 #[test]
