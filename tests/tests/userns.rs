@@ -48,6 +48,13 @@ fn cap(rootid: Option<u32>) -> Vec<u8> {
     v
 }
 
+/// The persisted job spec of the commit whose `--json` result is `result`.
+fn job_spec(rig: &Rig, result: &serde_json::Value) -> serde_json::Value {
+    let id = result["snapshot_id"].as_str().expect("snapshot_id");
+    let path = rig.state_dir().join("jobs").join(id).join("job.json");
+    serde_json::from_slice(&fs::read(&path).unwrap()).expect("job JSON")
+}
+
 fn owner(entries: &std::collections::BTreeMap<String, TarEntry>, path: &str) -> (u64, u64) {
     let e = entries
         .get(path)
@@ -118,6 +125,13 @@ fn layer_owners_are_the_containers_not_the_hosts() {
     ]));
     let result: serde_json::Value = serde_json::from_str(&out).expect("commit JSON");
     assert!(result["manifest_digest"].is_string(), "{result}");
+    // The maps went to the worker with the job.
+    let spec = job_spec(&rig, &result);
+    assert_eq!(
+        spec["user_namespace"]["uid_map"],
+        serde_json::json!([{"inside": 0, "outside": 100000, "count": 65536}]),
+        "{spec}"
+    );
     assert_eq!(rig.task_status(id).as_deref(), Some("RUNNING"));
     assert!(!rig.cgroup(id).is_frozen());
 
@@ -176,4 +190,30 @@ fn layer_owners_are_the_containers_not_the_hosts() {
         "--wait",
     ]));
     assert!(out.contains("pushed"), "{out}");
+}
+
+#[test]
+#[ignore = "needs root and the test rig (tests/run.sh)"]
+fn without_a_user_namespace_nothing_is_mapped() {
+    let rig = Rig::new();
+    let id = "plain";
+    rig.run_container(id, "sleep 100000");
+    rig.exec(id, "echo u > /data/user && chown 1000:1000 /data/user");
+    let out = check_cmd(rig.cli().args([
+        "commit",
+        "--container",
+        id,
+        "--target",
+        &rig.target(id, "t"),
+        "--compression",
+        "none",
+        "--wait",
+        "--json",
+    ]));
+    let result: serde_json::Value = serde_json::from_str(&out).expect("commit JSON");
+    // No maps in the job: the layer is built exactly as before.
+    let spec = job_spec(&rig, &result);
+    assert!(spec.get("user_namespace").is_none(), "{spec}");
+    let entries = tar_entries(&top_layer_tar(&rig, &format!("{}/{id}", rig.ns()), "t"));
+    assert_eq!(owner(&entries, "data/user"), (1000, 1000));
 }
