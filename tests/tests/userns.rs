@@ -48,6 +48,29 @@ fn cap(rootid: Option<u32>) -> Vec<u8> {
     v
 }
 
+/// Commits container `id` to `<registry>/<ns>/<id>:t` with the CLI, an
+/// uncompressed layer, and waits for the push: the target and the `--json`
+/// result.
+fn commit_uncompressed(rig: &Rig, id: &str) -> (String, serde_json::Value) {
+    let target = rig.target(id, "t");
+    let out = check_cmd(rig.cli().args([
+        "commit",
+        "--container",
+        id,
+        "--target",
+        &target,
+        "--compression",
+        "none",
+        "--wait",
+        "--timeout",
+        "300s",
+        "--json",
+    ]));
+    let result: serde_json::Value = serde_json::from_str(&out).expect("commit JSON");
+    assert!(result["manifest_digest"].is_string(), "{result}");
+    (target, result)
+}
+
 /// The persisted job spec of the commit whose `--json` result is `result`.
 fn job_spec(rig: &Rig, result: &serde_json::Value) -> serde_json::Value {
     let id = result["snapshot_id"].as_str().expect("snapshot_id");
@@ -109,22 +132,7 @@ fn layer_owners_are_the_containers_not_the_hosts() {
     );
 
     // The CLI's detached worker builds the layer from the persisted job.
-    let target = rig.target(id, "t");
-    let out = check_cmd(rig.cli().args([
-        "commit",
-        "--container",
-        id,
-        "--target",
-        &target,
-        "--compression",
-        "none",
-        "--wait",
-        "--timeout",
-        "300s",
-        "--json",
-    ]));
-    let result: serde_json::Value = serde_json::from_str(&out).expect("commit JSON");
-    assert!(result["manifest_digest"].is_string(), "{result}");
+    let (target, result) = commit_uncompressed(&rig, id);
     // The maps went to the worker with the job.
     let spec = job_spec(&rig, &result);
     assert_eq!(
@@ -199,18 +207,7 @@ fn without_a_user_namespace_nothing_is_mapped() {
     let id = "plain";
     rig.run_container(id, "sleep 100000");
     rig.exec(id, "echo u > /data/user && chown 1000:1000 /data/user");
-    let out = check_cmd(rig.cli().args([
-        "commit",
-        "--container",
-        id,
-        "--target",
-        &rig.target(id, "t"),
-        "--compression",
-        "none",
-        "--wait",
-        "--json",
-    ]));
-    let result: serde_json::Value = serde_json::from_str(&out).expect("commit JSON");
+    let (_, result) = commit_uncompressed(&rig, id);
     // No maps in the job: the layer is built exactly as before.
     let spec = job_spec(&rig, &result);
     assert!(spec.get("user_namespace").is_none(), "{spec}");

@@ -142,7 +142,7 @@ fn map_caps(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::procfs::idmap::IdMap;
 
@@ -158,7 +158,8 @@ mod tests {
         .unwrap()
     }
 
-    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    /// A POSIX ACL xattr value of `(tag, perm, id)` entries.
+    pub(crate) fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
         let mut v = ACL_VERSION.to_le_bytes().to_vec();
         for (tag, perm, id) in entries {
             v.extend_from_slice(&tag.to_le_bytes());

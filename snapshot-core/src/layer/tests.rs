@@ -673,20 +673,14 @@ fn xattr_policy_and_overlay_mount_modes() {
 /// A POSIX ACL xattr value: owner rw, named user `uid` r, owning group r,
 /// named group `gid` r, mask r, others nothing.
 fn acl_value(uid: u32, gid: u32) -> Vec<u8> {
-    let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [
-        (0x01u16, 6u16, u32::MAX),
+    super::owners::tests::acl(&[
+        (0x01, 6, u32::MAX),
         (0x02, 4, uid),
         (0x04, 4, u32::MAX),
         (0x08, 4, gid),
         (0x10, 4, u32::MAX),
         (0x20, 0, u32::MAX),
-    ] {
-        v.extend_from_slice(&tag.to_le_bytes());
-        v.extend_from_slice(&perm.to_le_bytes());
-        v.extend_from_slice(&id.to_le_bytes());
-    }
-    v
+    ])
 }
 
 /// A v3 `security.capability` (CAP_NET_RAW, effective) for root `rootid`.
