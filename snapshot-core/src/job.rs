@@ -31,6 +31,7 @@ use crate::image::{self, Descriptor, History};
 use crate::layer;
 use crate::procfs::idmap::UserNamespace;
 use crate::registry::{self, BlobSource, PushRequest, RegistrySettings};
+use crate::snapshotter::fault::{FAULT_HOLD_BEFORE_BUILD, fault_hold};
 use crate::state::{self, StatusStore};
 use crate::status::{LayerInfo, SnapshotState, SnapshotStatus, Worker};
 
@@ -112,6 +113,14 @@ impl StatusWriter {
             store,
             inner: Mutex::new((status, Instant::now())),
         })
+    }
+
+    /// Starts from `status`, already written.
+    pub(crate) fn written(store: StatusStore, status: SnapshotStatus) -> Self {
+        StatusWriter {
+            store,
+            inner: Mutex::new((status, Instant::now())),
+        }
     }
 
     /// Applies `f` and writes the status now.
@@ -229,6 +238,9 @@ async fn run_inner(
         s.progress.done = 0;
         s.progress.total = total;
     })?;
+    if let Some(h) = fault_hold(FAULT_HOLD_BEFORE_BUILD) {
+        tokio::time::sleep(h).await;
+    }
     let blob_path = store.job_dir(&spec.snapshot_id).join(BLOB_FILE);
     // A rerun after a failure starts the blob afresh.
     match std::fs::remove_file(&blob_path) {
@@ -405,8 +417,11 @@ pub(crate) fn discard_kept(store: &StatusStore, id: &str) {
 
 /// Marks jobs whose process died as failed and removes what they leave
 /// behind: always an interrupted capture (a partial copy is useless),
-/// and a built job's capture and blob unless `keep_failed`. Best effort.
+/// and a built job's capture and blob unless `keep_failed`; and the
+/// half-created directories of committers killed before their job's first
+/// status was in place. Best effort.
 pub(crate) fn recover_orphans(store: &StatusStore, keep_failed: bool) {
+    store.remove_abandoned();
     let Ok(all) = store.list() else { return };
     for s in all {
         if state::dead_worker(&s).is_none() {

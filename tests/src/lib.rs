@@ -550,6 +550,63 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// Capture directories of this test's jobs that still exist: inside the
+    /// job directories, or next to containerd's snapshots (where they go
+    /// when the state dir is on another filesystem).
+    pub fn leftover_captures(&self) -> Vec<PathBuf> {
+        let jobs = self.state_dir().join("jobs");
+        let Ok(entries) = fs::read_dir(&jobs) else {
+            return Vec::new();
+        };
+        let beside = self
+            .env
+            .root
+            .join("io.containerd.snapshotter.v1.overlayfs/seamless-capture");
+        entries
+            .filter_map(|e| e.ok())
+            .flat_map(|e| [e.path().join("capture"), beside.join(e.file_name())])
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// The ids of the jobs in [`Self::state_dir`], oldest first (ids are
+    /// time-ordered).
+    pub fn job_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(self.state_dir().join("jobs"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit; kills it and panics with
+/// `what` if it does not (a hang).
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            return status;
+        }
+        if start.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Polls `f` every 20 ms until it returns true; `Err(elapsed)` on timeout.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<Duration, Duration> {
     let start = Instant::now();

@@ -10,6 +10,14 @@ pub(super) const FAULT_HOLD_FROZEN: &str = "SEAMLESS_FAULT_HOLD_FROZEN_MS";
 /// Test-only fault injection: wait this many milliseconds between the
 /// pre-copy and the freeze (so that tests can pause the container there).
 pub(super) const FAULT_HOLD_BEFORE_FREEZE: &str = "SEAMLESS_FAULT_HOLD_BEFORE_FREEZE_MS";
+/// Test-only fault injection: wait this many milliseconds at the start of
+/// the pre-copy, the job `capturing`, its capture dir created and the upper
+/// dir open (so that tests can stop or delete the container there).
+pub(super) const FAULT_HOLD_PRECOPY: &str = "SEAMLESS_FAULT_HOLD_PRECOPY_MS";
+/// Test-only fault injection: wait this many milliseconds in the background
+/// job, its status `building`, before the layer is built (so that tests can
+/// stop or delete the container there).
+pub(crate) const FAULT_HOLD_BEFORE_BUILD: &str = "SEAMLESS_FAULT_HOLD_BEFORE_BUILD_MS";
 
 /// Test-only fault injection: `1` skips the free-space check (so that
 /// tests can make the pre-copy itself run out of space).
@@ -22,7 +30,7 @@ pub(super) fn fault_flag(var: &str) -> bool {
 
 /// The duration a fault-injection variable asks for. Read only in debug
 /// builds: a release build has no such behaviour whatever its environment.
-pub(super) fn fault_hold(var: &str) -> Option<Duration> {
+pub(crate) fn fault_hold(var: &str) -> Option<Duration> {
     if !cfg!(debug_assertions) {
         return None;
     }

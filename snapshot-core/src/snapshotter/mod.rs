@@ -37,7 +37,8 @@ use crate::status::{SnapshotState, SnapshotStatus, Worker};
 use fault::{FAULT_SKIP_SPACE_CHECK, fault_flag};
 use window::ensure_not_frozen;
 
-mod fault;
+pub(crate) mod fault;
+mod presence;
 mod window;
 
 /// Commits containers of one containerd namespace.
@@ -314,11 +315,11 @@ impl ContainerdSnapshotter {
         self.check_space(&mount.upper, &home)?;
 
         let id = new_snapshot_id();
-        self.store.create_job_dir(&id)?;
         let mut status = SnapshotStatus::new(&id, container_id, target_ref);
         status.state = SnapshotState::Capturing;
         status.worker = Worker::current();
-        let writer = StatusWriter::new(self.store.clone(), status)?;
+        self.store.create_job(&status)?;
+        let writer = StatusWriter::written(self.store.clone(), status);
 
         let capture_dir = home.capture_dir(&self.store, &id);
         if let Err(e) = job::record_capture_dir(&self.store, &id, &capture_dir) {

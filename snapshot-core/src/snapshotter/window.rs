@@ -13,7 +13,8 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::ContainerdSnapshotter;
-use super::fault::{FAULT_HOLD_BEFORE_FREEZE, FAULT_HOLD_FROZEN, fault_hold};
+use super::fault::{FAULT_HOLD_BEFORE_FREEZE, FAULT_HOLD_FROZEN, FAULT_HOLD_PRECOPY, fault_hold};
+use super::presence::Presence;
 use crate::capture::{Capture, MappedFiles};
 use crate::error::{Error, IoContext, Result};
 use crate::freeze;
@@ -33,6 +34,24 @@ impl ContainerdSnapshotter {
         pid: u32,
         writer: &StatusWriter,
     ) -> Result<(Capture, freeze::PauseTiming, chrono::DateTime<Utc>)> {
+        // The container may exit, be killed or deleted while we copy: then
+        // say so, whatever error its going away caused.
+        let presence = Presence::record(container_id, pid, upper, freezer.path())?;
+        self.capture_present(container_id, upper, dest, freezer, pid, writer, &presence)
+            .map_err(|e| presence.explain(e))
+    }
+
+    #[allow(clippy::too_many_arguments)] // capture_frozen's, and what it checks
+    fn capture_present(
+        &self,
+        container_id: &str,
+        upper: &Path,
+        dest: &Path,
+        freezer: &dyn freeze::Freezer,
+        pid: u32,
+        writer: &StatusWriter,
+        presence: &Presence,
+    ) -> Result<(Capture, freeze::PauseTiming, chrono::DateTime<Utc>)> {
         // The files the container maps shared-writable, on either device
         // its memory maps may show them with (the root overlay's, or the
         // upper dir's filesystem's on kernels before 6.8).
@@ -44,6 +63,9 @@ impl ContainerdSnapshotter {
         // Pre-copy: the bulk of the data, while the container runs, with the
         // mappings sampled all along.
         let mut capture = Capture::new(upper, dest)?;
+        if let Some(h) = fault_hold(FAULT_HOLD_PRECOPY) {
+            std::thread::sleep(h);
+        }
         let pre = sampling_mappings(freezer.path(), &mut mapped, || {
             capture.precopy(&mut |done| writer.progress(done, 0))
         })?;
@@ -72,6 +94,8 @@ impl ContainerdSnapshotter {
                 let at = Utc::now();
                 // The container's processes, stable while frozen.
                 let pids = freeze::pids_below(freezer.path())?;
+                // A container that exited meanwhile is not captured.
+                presence.check_frozen(&pids)?;
                 // Files written through shared mappings may have changed
                 // without a trace in their stat: copy them again (those seen
                 // during the pre-copy are forced already).
@@ -80,6 +104,9 @@ impl ContainerdSnapshotter {
                 capture.force_recopy(now.files());
                 // Bring the copy to the exact state of this instant.
                 let stats = capture.sync_frozen()?;
+                // A snapshot removed under the container leaves an empty
+                // (or emptying) upper dir behind our open fd: not its state.
+                presence.check_upper()?;
                 if let Some(h) = hold {
                     std::thread::sleep(h);
                 }
