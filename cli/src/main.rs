@@ -331,9 +331,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Worker { state_dir, id } => {
             // The start gate (see `BackgroundMode::Process`): wait until the
-            // committer has recorded us as the job's worker.
-            let mut gate = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut gate);
+            // committer has recorded us as the job's worker; if it died
+            // first, the job is not ours.
+            if !ContainerdSnapshotter::worker_start_gate() {
+                eprintln!("worker: the committer did not start job {id}; leaving it alone");
+                return Ok(ExitCode::from(4));
+            }
             let status = ContainerdSnapshotter::run_job(&state_dir, &id)?;
             if status.state == SnapshotState::Completed {
                 Ok(ExitCode::SUCCESS)

@@ -17,11 +17,12 @@ pub enum BackgroundMode {
     #[default]
     InProcess,
     /// In a detached process: `program args... <state-dir> <snapshot-id>` is
-    /// started in its own process group and must call
-    /// [`crate::ContainerdSnapshotter::run_job`] once its standard input
-    /// reaches EOF (the committer first records the worker's pid in the
-    /// status, then closes it). The CLI uses this so that a commit without
-    /// `--wait` completes after the command returns.
+    /// started in its own process group. It must call
+    /// [`crate::ContainerdSnapshotter::worker_start_gate`] (standard input:
+    /// the committer records the worker's pid in the status, then writes one
+    /// byte and closes it) and, only if that returns `true`,
+    /// [`crate::ContainerdSnapshotter::run_job`]. The CLI uses this so that a
+    /// commit without `--wait` completes after the command returns.
     Process {
         /// The executable.
         program: PathBuf,

@@ -12,6 +12,7 @@
 //! and a commit whose capture or blob would not fit (`space`) is refused
 //! before any job or capture exists and before anything is frozen.
 
+use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -209,9 +210,25 @@ impl ContainerdSnapshotter {
         prune::prune(&self.store, older_than, dry_run)
     }
 
+    /// The start gate of a [`BackgroundMode::Process`] worker: reads standard
+    /// input to EOF and says whether the committer opened the gate (wrote a
+    /// byte after recording this process as the job's worker). `false` means
+    /// the committer died or failed first: the job is not this process's to
+    /// run. When standard input is a terminal (a person rerunning a job by
+    /// hand) there is no gate and this returns `true` at once.
+    pub fn worker_start_gate() -> bool {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            return true;
+        }
+        let mut gate = Vec::new();
+        let _ = stdin.lock().read_to_end(&mut gate);
+        !gate.is_empty()
+    }
+
     /// Runs (or reruns) the background part of a captured snapshot in this
     /// process, to completion. This is what a [`BackgroundMode::Process`]
-    /// worker calls.
+    /// worker calls once [`ContainerdSnapshotter::worker_start_gate`] opened.
     pub fn run_job(state_dir: &Path, snapshot_id: &str) -> Result<SnapshotStatus> {
         let store = StatusStore::new(state_dir);
         let spec = JobSpec::load(&store, snapshot_id)?;
@@ -433,7 +450,15 @@ impl ContainerdSnapshotter {
                     .spawn()
                     .at("spawn worker", program)?;
                 let recorded = writer.update(|s| s.worker = Worker::of_pid(child.id()));
-                // Closing stdin opens the gate.
+                // One byte opens the gate; a bare EOF (we failed to record
+                // the worker, or died before this line) tells it to leave the
+                // job alone: the job reads failed, and a worker completing it
+                // afterwards would turn a final state into another.
+                if recorded.is_ok()
+                    && let Some(mut gate) = child.stdin.take()
+                {
+                    let _ = gate.write_all(b"1");
+                }
                 drop(child.stdin.take());
                 recorded
                 // The worker is reaped by init once we exit; a zombie until then.
