@@ -79,10 +79,11 @@ pub struct Config {
     pub push_retry_budget: Duration,
     /// An upload request fails (and is retried, resuming where the registry
     /// says it is) when no byte of its body could be sent for this long, or
-    /// when its answer takes longer than this (plus, after a body, as long
-    /// again as the body took to send: a slow link may still be draining
-    /// socket buffers). There is no bound on the duration of a whole upload.
-    /// Also the TCP user timeout of registry connections.
+    /// no byte sent was acknowledged for this long (the TCP user timeout of
+    /// the connection); its answer may then take four times this, plus as
+    /// long as the body took to send (bytes may still be queued in socket
+    /// buffers on a slow link). There is no bound on the duration of a
+    /// whole upload.
     pub push_stall_timeout: Duration,
     /// How long connecting to a registry may take.
     pub push_connect_timeout: Duration,

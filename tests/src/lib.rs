@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use seamless_snapshot::Config;
 
+pub mod proxy;
+
 /// The name under which the base image is imported into each namespace.
 pub const BASE_IMAGE: &str = "seamless.test/base:latest";
 

@@ -68,7 +68,12 @@ pub(super) fn classify(e: &OciDistributionError) -> Class {
                 .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
             {
                 Class::Unauthorized
-            } else if codes.contains(&&OciErrorCode::Toomanyrequests) {
+            } else if codes.iter().any(|c| match c {
+                OciErrorCode::Toomanyrequests => true,
+                // distribution's 503 (the client keeps no status with a code).
+                OciErrorCode::Other(c) => c == "UNAVAILABLE",
+                _ => false,
+            }) {
                 Class::Transient
             } else if codes.iter().any(|c| {
                 matches!(
@@ -113,10 +118,27 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn to_error(e: &OciDistributionError, registry: &str, what: &str, gave_up: &str) -> Error {
+/// The class of an answer of the registry: by its status when that says
+/// transient or refused (an error body's code does not make a 503
+/// permanent), else by its error code, else by its status again.
+fn classify_answer(status: u16, e: &OciDistributionError) -> Class {
+    match (class_of_status(status), classify(e)) {
+        (by_status @ (Class::Transient | Class::Unauthorized), _) => by_status,
+        (by_status, Class::Other) => by_status,
+        (_, by_code) => by_code,
+    }
+}
+
+fn to_error(
+    class: Class,
+    e: &OciDistributionError,
+    registry: &str,
+    what: &str,
+    gave_up: &str,
+) -> Error {
     let chain = error_chain(e);
     let registry = registry.to_string();
-    match classify(e) {
+    match class {
         Class::Transient => Error::RegistryUnreachable {
             registry,
             message: format!("{what}: {chain} ({gave_up})"),
@@ -234,16 +256,24 @@ impl<'a> Retrier<'a> {
     /// returns the error that ends the operation.
     pub(super) async fn failed(&mut self, f: Failure) -> Result<()> {
         self.attempts += 1;
-        let (e, retry_after) = match f {
+        let (e, class, retry_after) = match f {
             Failure::Fatal(e) => return Err(e),
-            Failure::Oci(e) => (e, None),
+            Failure::Oci(e) => {
+                let class = classify(&e);
+                (e, class, None)
+            }
             Failure::Answer {
-                error, retry_after, ..
-            } => (error, retry_after),
+                status,
+                error,
+                retry_after,
+            } => {
+                let class = classify_answer(status, &error);
+                (error, class, retry_after)
+            }
         };
         let since = *self.since.get_or_insert_with(Instant::now);
-        if classify(&e) != Class::Transient {
-            return Err(to_error(&e, self.registry, self.what, ""));
+        if class != Class::Transient {
+            return Err(to_error(class, &e, self.registry, self.what, ""));
         }
         let delay = retry_after.unwrap_or_else(|| jitter(backoff(self.retries)));
         let spent = since.elapsed();
@@ -256,7 +286,7 @@ impl<'a> Retrier<'a> {
                 self.attempts,
                 spent.as_secs_f64()
             );
-            return Err(to_error(&e, self.registry, self.what, &gave_up));
+            return Err(to_error(class, &e, self.registry, self.what, &gave_up));
         }
         tracing::warn!(
             registry = self.registry,
@@ -324,6 +354,7 @@ mod tests {
         assert_eq!(classify(&envelope("DENIED")), Class::Unauthorized);
         assert_eq!(classify(&envelope("NAME_UNKNOWN")), Class::NotFound);
         assert_eq!(classify(&envelope("TOOMANYREQUESTS")), Class::Transient);
+        assert_eq!(classify(&envelope("UNAVAILABLE")), Class::Transient);
         assert_eq!(classify(&envelope("MANIFEST_INVALID")), Class::Other);
         assert_eq!(classify(&envelope("DIGEST_INVALID")), Class::Other);
         assert_eq!(
@@ -335,12 +366,51 @@ mod tests {
         ));
         assert_eq!(classify(&io), Class::Transient);
 
-        let e = to_error(&server(401), "r", "push", "");
+        // Our own requests' answers: a transient status wins over the code.
+        assert_eq!(
+            classify_answer(503, &envelope("UNAVAILABLE")),
+            Class::Transient
+        );
+        assert_eq!(classify_answer(500, &envelope("UNKNOWN")), Class::Transient);
+        assert_eq!(
+            classify_answer(401, &envelope("UNKNOWN")),
+            Class::Unauthorized
+        );
+        assert_eq!(
+            classify_answer(404, &envelope("NAME_UNKNOWN")),
+            Class::NotFound
+        );
+        assert_eq!(
+            classify_answer(404, &envelope("BLOB_UPLOAD_UNKNOWN")),
+            Class::NotFound
+        );
+        assert_eq!(
+            classify_answer(400, &envelope("DIGEST_INVALID")),
+            Class::Other
+        );
+        assert_eq!(
+            classify_answer(400, &envelope("DENIED")),
+            Class::Unauthorized
+        );
+
+        let e = to_error(Class::Unauthorized, &server(401), "r", "push", "");
         assert!(matches!(e, Error::RegistryUnauthorized { .. }));
-        let e = to_error(&envelope("NAME_UNKNOWN"), "r", "push manifest", "");
+        let e = to_error(
+            Class::NotFound,
+            &envelope("NAME_UNKNOWN"),
+            "r",
+            "push manifest",
+            "",
+        );
         assert!(matches!(e, Error::Registry { .. }));
         assert!(e.to_string().contains("not found"), "{e}");
-        let e = to_error(&server(503), "r", "push", "gave up after 3 attempt(s)");
+        let e = to_error(
+            Class::Transient,
+            &server(503),
+            "r",
+            "push",
+            "gave up after 3 attempt(s)",
+        );
         assert!(matches!(e, Error::RegistryUnreachable { .. }));
         assert!(e.to_string().contains("3 attempt"), "{e}");
     }

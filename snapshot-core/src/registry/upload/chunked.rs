@@ -64,7 +64,8 @@ struct State {
     /// A failure of the blob's source met while a body was sent: the
     /// request's own error only says the body broke.
     source_failure: Arc<Mutex<Option<Failure>>>,
-    /// A new token was fetched after a 401 and no request succeeded since.
+    /// A new token was fetched after a 401 and no bytes were acknowledged
+    /// since: another 401 is a refusal.
     refreshed: bool,
 }
 
@@ -148,7 +149,6 @@ impl Pusher<'_> {
             None => (self.http.start().await?, 0),
         };
         st.session = Some((url.clone(), offset));
-        st.refreshed = false;
         while offset < desc.size {
             let len = self.chunk_size.min(desc.size - offset);
             let flow = Flow::new(len);
@@ -224,7 +224,6 @@ impl Pusher<'_> {
     ) -> Result<(), Failure> {
         st.session = None;
         let url = self.http.start().await?;
-        st.refreshed = false;
         let flow = Flow::new(desc.size);
         let b = self
             .body(desc, origin, st, 0, desc.size, &flow, progress)

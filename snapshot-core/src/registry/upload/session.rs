@@ -4,11 +4,10 @@
 //!
 //! Every request is watched for progress instead of timed as a whole: it
 //! fails as stalled when no byte of its body could be handed to the
-//! connection for `stall` (and the TCP user timeout, the same, ends a
-//! connection whose sent bytes stay unacknowledged that long), or when the
-//! answer does not come within `stall` after the body, plus as long again
-//! as the body took to send (on a slow link, megabytes of it may still sit
-//! in socket buffers when the last byte is handed over). A registry's
+//! connection for `stall`, when the kernel saw no byte it sent acknowledged
+//! for `stall` (the TCP user timeout), or when the answer does not come
+//! within [`ANSWER_STALLS`] `stall`s after the body, plus as long again as
+//! the body took to hand over. A registry's
 //! error answer becomes a [`Failure::Answer`] carrying its status and
 //! `Retry-After`; a 401 is answered by [`Http::refresh`] (a new token)
 //! before it counts as a refusal.
@@ -31,6 +30,15 @@ use crate::error::Error;
 /// How much of an error answer's body is read (registries may answer with
 /// whole HTML pages).
 const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// After its body, a request's answer may take this many `stall`s, plus
+/// as long as the body took to hand over. Generous, because the bytes
+/// handed over may still be queued in socket buffers (megabytes on a slow
+/// link, all of a small blob: handed over at once, drained at the link's
+/// pace); while they drain, the TCP user timeout (`stall`) watches their
+/// acknowledgement, so this bound only has to catch a registry that took
+/// everything and never answers.
+const ANSWER_STALLS: u32 = 4;
 
 /// What authenticates our requests.
 #[derive(Debug, Clone)]
@@ -82,8 +90,8 @@ impl Flow {
         let ms = |v: u64| Duration::from_millis(v);
         match self.done_ms.load(Ordering::Relaxed) {
             u64::MAX => self.start + ms(self.last_ms.load(Ordering::Relaxed)) + stall,
-            // The answer: `stall`, plus as long as the body took.
-            done => self.start + ms(done) * 2 + stall,
+            // The answer: see ANSWER_STALLS.
+            done => self.start + ms(done) * 2 + stall * ANSWER_STALLS,
         }
     }
 }
