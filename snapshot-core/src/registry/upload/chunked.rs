@@ -25,7 +25,7 @@ use oci_client::errors::OciDistributionError;
 use reqwest::Url;
 
 use super::Pusher;
-use super::session::{Flow, body};
+use super::session::{Flow, body, missing_header};
 use crate::error::Error;
 use crate::image::Descriptor;
 use crate::registry::retry::{Failure, Retrier, error_chain};
@@ -168,7 +168,7 @@ impl Pusher<'_> {
                     }
                     url = a
                         .location(self.http.base())
-                        .ok_or_else(|| missing("PATCH", "Location"))?;
+                        .ok_or_else(|| missing_header("PATCH", "Location"))?;
                     offset = end;
                     st.session = Some((url.clone(), offset));
                     st.refreshed = false;
@@ -330,11 +330,5 @@ fn session_gone(f: Failure) -> Failure {
         .unwrap_or_default();
     Failure::Oci(OciDistributionError::IoError(std::io::Error::other(
         format!("upload session lost ({msg}): restarting the blob"),
-    )))
-}
-
-fn missing(method: &str, header: &str) -> Failure {
-    Failure::Oci(OciDistributionError::SpecViolationError(format!(
-        "{method} of an upload answered without a {header} header"
     )))
 }

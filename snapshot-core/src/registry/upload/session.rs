@@ -379,8 +379,67 @@ async fn bounded_text(resp: reqwest::Response) -> reqwest::Result<String> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn missing_header(method: &str, header: &str) -> Failure {
+/// An upload answer lacking a header the protocol requires.
+pub(super) fn missing_header(method: &str, header: &str) -> Failure {
     Failure::Oci(OciDistributionError::SpecViolationError(format!(
         "{method} of an upload answered without a {header} header"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(range: Option<&str>, location: Option<&str>) -> Answer {
+        let mut headers = HeaderMap::new();
+        if let Some(r) = range {
+            headers.insert(RANGE, r.parse().unwrap());
+        }
+        if let Some(l) = location {
+            headers.insert(LOCATION, l.parse().unwrap());
+        }
+        Answer { headers }
+    }
+
+    #[test]
+    fn ranges_and_locations() {
+        assert_eq!(answer(Some("0-1023"), None).range_end(), Some(1024));
+        assert_eq!(answer(Some("bytes=0-99"), None).range_end(), Some(100));
+        assert_eq!(answer(Some("0-0"), None).range_end(), Some(0));
+        assert_eq!(answer(Some("5-9"), None).range_end(), None);
+        assert_eq!(answer(Some("junk"), None).range_end(), None);
+        assert_eq!(answer(None, None).range_end(), None);
+        let base = Url::parse("http://127.0.0.1:5000/").unwrap();
+        let rel = answer(None, Some("/v2/a/b/blobs/uploads/u?_state=x"));
+        assert_eq!(
+            rel.location(&base).unwrap().as_str(),
+            "http://127.0.0.1:5000/v2/a/b/blobs/uploads/u?_state=x"
+        );
+        let abs = answer(None, Some("https://cdn.example/up/u"));
+        assert_eq!(
+            abs.location(&base).unwrap().as_str(),
+            "https://cdn.example/up/u"
+        );
+    }
+
+    #[test]
+    fn stall_deadlines() {
+        let stall = Duration::from_secs(10);
+        // No body: the answer within ANSWER_STALLS stalls.
+        let f = Flow::new(0);
+        assert_eq!(f.deadline(stall), f.start + stall * ANSWER_STALLS);
+        // During the body: `stall` after the last progress.
+        let f = Flow::new(100);
+        f.last_ms.store(3_000, Ordering::Relaxed);
+        assert_eq!(f.deadline(stall), f.start + Duration::from_secs(13));
+        f.advance(40);
+        assert_eq!(f.done_ms.load(Ordering::Relaxed), u64::MAX);
+        // After it: as long again as it took, plus the answer's stalls.
+        f.advance(60);
+        let done = Duration::from_millis(f.done_ms.load(Ordering::Relaxed));
+        assert_eq!(
+            f.deadline(stall),
+            f.start + done * 2 + stall * ANSWER_STALLS
+        );
+    }
 }
