@@ -158,6 +158,11 @@ class SeamlessSnapshot:
         max_pause: Optional[_Seconds] = None,
         push_retries: Optional[int] = None,
         keep_failed: Optional[bool] = None,
+        push_retry_budget: Optional[_Seconds] = None,
+        push_stall_timeout: Optional[_Seconds] = None,
+        push_connect_timeout: Optional[_Seconds] = None,
+        push_chunk_size: Optional[int] = None,
+        push_concurrency: Optional[int] = None,
     ) -> None: ...
     @property
     def address(self) -> str: ...

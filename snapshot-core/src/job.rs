@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::image::{self, Descriptor, History};
 use crate::layer;
 use crate::procfs::idmap::UserNamespace;
-use crate::registry::{self, BlobSource, PushRequest, RegistrySettings};
+use crate::registry::{self, BlobSource, PushRequest, PushTuning, RegistrySettings};
 use crate::snapshotter::fault::{FAULT_HOLD_BEFORE_BUILD, fault_hold};
 use crate::state::{self, StatusStore};
 use crate::status::{LayerInfo, SnapshotState, SnapshotStatus, Worker};
@@ -81,8 +81,9 @@ pub(crate) struct JobSpec {
     pub(crate) options: CommitOptions,
     /// Docker config for credentials.
     pub(crate) docker_config: Option<PathBuf>,
-    /// Retries of transient registry errors.
-    pub(crate) push_retries: u32,
+    /// Retries, timeouts, chunks and concurrency of the push.
+    #[serde(default)]
+    pub(crate) push: PushTuning,
     /// Keep the capture directory and blob after a failure.
     pub(crate) keep_failed: bool,
 }
@@ -343,7 +344,7 @@ async fn run_inner(
     let settings = RegistrySettings {
         insecure: spec.options.insecure_registries.clone(),
         docker_config: spec.docker_config.clone(),
-        retries: spec.push_retries,
+        tuning: spec.push.clone(),
     };
     let w = writer.clone();
     let digest = registry::push_image(&request, &settings, base, &move |done, total| {

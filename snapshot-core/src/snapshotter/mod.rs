@@ -30,7 +30,7 @@ use crate::freeze;
 use crate::job::{self, JobSpec, StatusWriter};
 use crate::procfs::idmap::UserNamespace;
 use crate::prune;
-use crate::registry;
+use crate::registry::{self, PushTuning};
 use crate::result::SnapshotResult;
 use crate::space;
 use crate::state::{self, StatusStore, ensure_private_dir, lock_file, try_lock_dir};
@@ -376,7 +376,7 @@ impl ContainerdSnapshotter {
             captured_at,
             options: merge_options(&self.config.defaults, options),
             docker_config: self.config.docker_config.clone(),
-            push_retries: self.config.push_retries,
+            push: PushTuning::of(&self.config),
             keep_failed: self.config.keep_failed,
         };
         spec.save(&self.store).map_err(abandon)?;

@@ -1,15 +1,18 @@
 //! The upload side of a push: one registry client, authenticated for the
 //! target, that checks, mounts and uploads blobs and puts the manifest.
 //!
-//! Every blob upload streams (from the layer file, the [`BlobSource`] or the
-//! base image's registry) and is retried as a whole; a failure of our side
-//! (reading the file, the source) is reported as itself, not as the
-//! registry's.
+//! Checks, mounts, the manifest and pulls from the base image's registry go
+//! through the registry client (`oci-client`); blob uploads through our own
+//! requests ([`session`]: progress-watched, no whole-request timeout;
+//! [`chunked`]: chunked, resumable, monolithic as a fallback). Every blob
+//! upload streams (from the layer file, the [`BlobSource`] or the base
+//! image's registry); a failure of our side (reading the file, the source)
+//! is reported as itself, not as the registry's.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod chunked;
+mod session;
+
+use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -17,46 +20,35 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::{Client, Reference, RegistryOperation};
+use tokio::io::AsyncSeekExt;
 use tokio_util::io::ReaderStream;
 
 use super::RegistrySettings;
 use super::auth::registry_auth;
 use super::reference::plain_http_registries;
-use super::retry::{Class, Failure, classify, error_chain, retry};
+use super::retry::{Class, Failure, RetryPolicy, classify, error_chain, retry};
 use super::source::{BlobSource, LayerData, Origin};
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
 
-/// Connection timeout of every request.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A request whose peer sends nothing for this long fails (and is retried).
-const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Read size from the layer file.
 const FILE_CHUNK: usize = 256 * 1024;
-/// How often progress is reported during an upload.
-const PROGRESS_TICK: Duration = Duration::from_millis(200);
-
-/// Polls `fut` to completion, calling `tick` periodically meanwhile.
-async fn with_ticks<F: Future>(fut: F, tick: impl Fn()) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let mut interval = tokio::time::interval(PROGRESS_TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            out = &mut fut => return out,
-            _ = interval.tick() => tick(),
-        }
-    }
-}
 
 /// Shared state of one push.
 pub(super) struct Pusher<'a> {
     client: Client,
+    /// Our own upload requests.
+    http: session::Http,
     target: Reference,
     target_registry: String,
     source: Option<Reference>,
     source_auth: tokio::sync::OnceCell<()>,
     settings: &'a RegistrySettings,
+    policy: RetryPolicy,
+    /// Bytes per `PATCH`; 0: monolithic uploads.
+    chunk_size: u64,
+    /// The registry refused a chunk: monolithic uploads from then on.
+    monolithic: AtomicBool,
     base: &'a dyn BlobSource,
     config: Bytes,
 }
@@ -78,46 +70,61 @@ impl<'a> Pusher<'a> {
         }
         // Installing twice is harmless; Client::new panics without a provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let plain = plain_http_registries(&settings.insecure, &hosts);
+        let scheme = if plain.contains(&target_registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let tuning = &settings.tuning;
         let client_config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain_http_registries(
-                &settings.insecure,
-                &hosts,
-            )),
-            // One PUT per blob, as containerd does: works with registries that
-            // mishandle chunked uploads.
-            use_monolithic_push: true,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
+            protocol: ClientProtocol::HttpsExcept(plain),
+            // Its uploads are not ours (blob uploads are), but its requests
+            // are small: a read timeout up to the answer's headers is right.
+            connect_timeout: Some(tuning.connect_timeout),
+            read_timeout: Some(tuning.stall_timeout),
             ..Default::default()
         };
         let client = Client::try_from(client_config)
             .map_err(|e| Error::Internal(format!("registry client: {}", error_chain(&e))))?;
+        let policy = RetryPolicy {
+            retries: tuning.retries,
+            budget: tuning.retry_budget,
+        };
 
         let auth = registry_auth(target.registry(), settings.docker_config.as_deref()).await?;
-        retry(
-            settings.retries,
-            &target_registry,
-            "authenticate",
-            || async {
-                client
-                    .auth(&target, &auth, RegistryOperation::Push)
-                    .await
-                    .map(|_| ())
-                    .map_err(Failure::Oci)
-            },
-        )
+        // Authenticates both (the client for its own requests).
+        let http = retry(policy, &target_registry, "authenticate", || {
+            session::Http::new(
+                scheme,
+                client.clone(),
+                target.clone(),
+                auth.clone(),
+                tuning.connect_timeout,
+                tuning.stall_timeout,
+            )
+        })
         .await?;
 
         Ok(Pusher {
             client,
+            http,
             target,
             target_registry,
             source,
             source_auth: tokio::sync::OnceCell::new(),
             settings,
+            policy,
+            chunk_size: tuning.chunk_size,
+            monolithic: AtomicBool::new(false),
             base,
             config,
         })
+    }
+
+    /// How many blobs go up at the same time.
+    pub(super) fn concurrency(&self) -> usize {
+        usize::try_from(self.settings.tuning.concurrency.max(1)).unwrap_or(1)
     }
 
     /// The target reference.
@@ -128,7 +135,7 @@ impl<'a> Pusher<'a> {
     /// Whether the target repository has the blob.
     pub(super) async fn exists(&self, digest: &str) -> Result<bool> {
         retry(
-            self.settings.retries,
+            self.policy,
             &self.target_registry,
             &format!("check blob {digest}"),
             || async {
@@ -181,19 +188,28 @@ impl<'a> Pusher<'a> {
             .copied()
     }
 
-    /// Opens the blob's bytes for one upload attempt.
-    async fn open(
+    /// The blob's bytes from `offset` on: a file seeks there, a stream is
+    /// read up to there.
+    async fn open_at(
         &self,
         desc: &Descriptor,
         origin: &Origin,
+        offset: u64,
     ) -> std::result::Result<BoxStream<'static, std::result::Result<Bytes, Failure>>, Failure> {
-        match origin {
+        if offset > desc.size {
+            return Err(Failure::Fatal(Error::Internal(format!(
+                "upload of {} resumed at {offset}, beyond its {} bytes",
+                desc.digest, desc.size
+            ))));
+        }
+        let whole = match origin {
             Origin::Config => {
-                let data = self.config.clone();
-                Ok(stream::once(async move { Ok(data) }).boxed())
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let data = self.config.slice(start.min(self.config.len())..);
+                return Ok(stream::once(async move { Ok(data) }).boxed());
             }
             Origin::Layer(LayerData::File(path)) => {
-                let file = tokio::fs::File::open(path)
+                let mut file = tokio::fs::File::open(path)
                     .await
                     .map_err(|e| Failure::Fatal(Error::io("open", path, e)))?;
                 let len = file
@@ -208,45 +224,56 @@ impl<'a> Pusher<'a> {
                         desc.size
                     ))));
                 }
+                file.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(|e| Failure::Fatal(Error::io("seek", path, e)))?;
                 let path = path.clone();
-                Ok(ReaderStream::with_capacity(file, FILE_CHUNK)
+                return Ok(ReaderStream::with_capacity(file, FILE_CHUNK)
                     .map(move |r| r.map_err(|e| Failure::Fatal(Error::io("read", &path, e))))
-                    .boxed())
+                    .boxed());
             }
-            Origin::Layer(LayerData::Base) => {
-                if let Some(s) = self.base.open(&desc.digest).await.map_err(Failure::Fatal)? {
-                    return Ok(s.map(|r| r.map_err(Failure::Fatal)).boxed());
-                }
-                let Some(src) = &self.source else {
-                    return Err(Failure::Fatal(self.missing_base(desc)));
-                };
-                self.auth_source(src).await?;
-                let od = OciDescriptor {
-                    media_type: desc.media_type.clone(),
-                    digest: desc.digest.clone(),
-                    size: i64::try_from(desc.size).unwrap_or(i64::MAX),
-                    ..Default::default()
-                };
-                let s = self.client.pull_blob_stream(src, &od).await.map_err(|e| {
-                    match classify(&e) {
-                        // The source registry's own verdict, not the target's.
-                        Class::Transient => Failure::Oci(e),
-                        _ => Failure::Fatal(Error::Registry {
-                            registry: src.resolve_registry().to_string(),
-                            message: format!(
-                                "pull base layer {} from {src}: {}",
-                                desc.digest,
-                                error_chain(&e)
-                            ),
-                        }),
-                    }
-                })?;
-                Ok(
-                    s.map(|r| r.map_err(|e| Failure::Oci(OciDistributionError::IoError(e))))
-                        .boxed(),
-                )
-            }
+            Origin::Layer(LayerData::Base) => self.open_base(desc).await?,
+        };
+        Ok(skip(whole, offset))
+    }
+
+    /// A base layer's bytes: from the [`BlobSource`], else from the base
+    /// image's registry.
+    async fn open_base(
+        &self,
+        desc: &Descriptor,
+    ) -> std::result::Result<BoxStream<'static, std::result::Result<Bytes, Failure>>, Failure> {
+        if let Some(s) = self.base.open(&desc.digest).await.map_err(Failure::Fatal)? {
+            return Ok(s.map(|r| r.map_err(Failure::Fatal)).boxed());
         }
+        let Some(src) = &self.source else {
+            return Err(Failure::Fatal(self.missing_base(desc)));
+        };
+        self.auth_source(src).await?;
+        let od = OciDescriptor {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.clone(),
+            size: i64::try_from(desc.size).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
+        let s = self.client.pull_blob_stream(src, &od).await.map_err(|e| {
+            match classify(&e) {
+                // The source registry's own verdict, not the target's.
+                Class::Transient => Failure::Oci(e),
+                _ => Failure::Fatal(Error::Registry {
+                    registry: src.resolve_registry().to_string(),
+                    message: format!(
+                        "pull base layer {} from {src}: {}",
+                        desc.digest,
+                        error_chain(&e)
+                    ),
+                }),
+            }
+        })?;
+        Ok(
+            s.map(|r| r.map_err(|e| Failure::Oci(OciDistributionError::IoError(e))))
+                .boxed(),
+        )
     }
 
     fn missing_base(&self, desc: &Descriptor) -> Error {
@@ -260,73 +287,10 @@ impl<'a> Pusher<'a> {
         }
     }
 
-    /// One upload attempt. Bytes read are added to `sent`.
-    async fn upload_once(
-        &self,
-        desc: &Descriptor,
-        origin: &Origin,
-        sent: &Arc<AtomicU64>,
-    ) -> std::result::Result<(), Failure> {
-        sent.store(0, Ordering::Relaxed);
-        let input = self.open(desc, origin).await?;
-        // The registry client only sees its own error type: keep the real
-        // cause aside so that a failing source is reported as itself.
-        let slot: Arc<Mutex<Option<Failure>>> = Arc::new(Mutex::new(None));
-        let (slot_in, sent_in) = (slot.clone(), sent.clone());
-        let body = input
-            .map(move |r| match r {
-                Ok(b) => {
-                    sent_in.fetch_add(b.len() as u64, Ordering::Relaxed);
-                    Ok(b)
-                }
-                Err(f) => {
-                    let msg = match &f {
-                        Failure::Oci(e) => error_chain(e),
-                        Failure::Fatal(e) => e.to_string(),
-                    };
-                    if let Ok(mut s) = slot_in.lock() {
-                        s.get_or_insert(f);
-                    }
-                    Err(OciDistributionError::IoError(std::io::Error::other(msg)))
-                }
-            })
-            .boxed();
-        let res = self
-            .client
-            .push_blob_stream(&self.target, body, &desc.digest, Some(desc.size))
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let cause = slot.lock().ok().and_then(|mut s| s.take());
-                Err(cause.unwrap_or(Failure::Oci(e)))
-            }
-        }
-    }
-
-    /// Uploads one blob, retrying transient errors; `sent(bytes)` is called
-    /// periodically with the bytes of this blob read so far.
-    pub(super) async fn upload(
-        &self,
-        desc: &Descriptor,
-        origin: &Origin,
-        sent: impl Fn(u64),
-    ) -> Result<()> {
-        let count = Arc::new(AtomicU64::new(0));
-        let what = format!("upload blob {}", desc.digest);
-        let upload = retry(self.settings.retries, &self.target_registry, &what, || {
-            self.upload_once(desc, origin, &count)
-        });
-        with_ticks(upload, || {
-            sent(count.load(Ordering::Relaxed).min(desc.size))
-        })
-        .await
-    }
-
     /// Puts the manifest under the target reference (moves the tag).
     pub(super) async fn push_manifest(&self, media_type: &str, body: Bytes) -> Result<()> {
         retry(
-            self.settings.retries,
+            self.policy,
             &self.target_registry,
             &format!("push manifest to {}", self.target),
             || async {
@@ -344,4 +308,27 @@ impl<'a> Pusher<'a> {
         .await
         .map(|_| ())
     }
+}
+
+/// `s` without its first `n` bytes.
+fn skip(
+    s: BoxStream<'static, std::result::Result<Bytes, Failure>>,
+    n: u64,
+) -> BoxStream<'static, std::result::Result<Bytes, Failure>> {
+    if n == 0 {
+        return s;
+    }
+    s.scan(n, |left, r| {
+        let out = match r {
+            Ok(mut b) if *left > 0 => {
+                let cut = usize::try_from(*left).unwrap_or(usize::MAX).min(b.len());
+                *left -= cut as u64;
+                Ok(b.split_off(cut))
+            }
+            other => other,
+        };
+        std::future::ready(Some(out))
+    })
+    .filter(|r| std::future::ready(!matches!(r, Ok(b) if b.is_empty())))
+    .boxed()
 }
