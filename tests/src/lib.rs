@@ -73,6 +73,32 @@ impl RigEnv {
             Some(e) => Ok(e),
         }
     }
+
+    /// Reads the `export SEAMLESS_TEST_*=...` lines of a rig's `env` file
+    /// (`RIG_DIR/env`, written by `tests/rig/start.sh`): a second rig in the
+    /// same process, e.g. one whose directory is on another filesystem.
+    pub fn from_env_file(path: &Path) -> Result<RigEnv, String> {
+        let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let vars: BTreeMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("export ")?.split_once('='))
+            .collect();
+        let get = |k: &str| {
+            vars.get(k)
+                .filter(|v| !v.is_empty())
+                .map(|v| v.to_string())
+                .ok_or_else(|| format!("{}: no {k}", path.display()))
+        };
+        Ok(RigEnv {
+            containerd: get("SEAMLESS_TEST_CONTAINERD")?,
+            root: get("SEAMLESS_TEST_CONTAINERD_ROOT")?.into(),
+            state: get("SEAMLESS_TEST_CONTAINERD_STATE")?.into(),
+            registry: get("SEAMLESS_TEST_REGISTRY")?,
+            base_tar: get("SEAMLESS_TEST_BASE_TAR")?.into(),
+            probe: get("SEAMLESS_TEST_PROBE")?.into(),
+            dir: get("SEAMLESS_TEST_RIG")?.into(),
+        })
+    }
 }
 
 static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -131,7 +157,11 @@ impl Rig {
 
     /// A new namespace, or why the rig is not available.
     pub fn try_new() -> Result<Rig, String> {
-        let env = RigEnv::from_env()?;
+        Ok(Rig::with_env(RigEnv::from_env()?))
+    }
+
+    /// A new namespace in the rig `env` (see [`RigEnv::from_env_file`]).
+    pub fn with_env(env: RigEnv) -> Rig {
         let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
         let ns = format!("seamless-{}-{n}", std::process::id());
         let tmp = tempfile::Builder::new()
@@ -158,7 +188,7 @@ impl Rig {
             images.lines().any(|l| l.trim() == BASE_IMAGE),
             "importing {base} did not create {BASE_IMAGE}: {images}"
         );
-        Ok(rig)
+        rig
     }
 
     /// The containerd namespace of this test.
