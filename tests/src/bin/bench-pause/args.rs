@@ -103,6 +103,8 @@ pub struct Args {
     /// How long to wait for one image to be pushed.
     pub push_timeout_s: u64,
     pub json: bool,
+    /// Also write the JSON report to this file (with the table on stdout).
+    pub json_out: Option<std::path::PathBuf>,
 }
 
 const USAGE: &str = "\
@@ -123,7 +125,8 @@ usage: bench-pause [options]
                          keeps other load on a busy machine from stalling the probe)
   --xfs-size-gib N       sparse XFS image size (default 24)
   --push-timeout-s N     (default 1800)
-  --json                 JSON report on stdout (progress on stderr)";
+  --json                 JSON report on stdout (progress on stderr)
+  --json-out FILE        the table on stdout and the JSON report in FILE";
 
 pub fn usage(msg: &str) -> ! {
     if !msg.is_empty() {
@@ -196,6 +199,7 @@ pub fn parse() -> Args {
         xfs_size_gib: 24,
         push_timeout_s: 1800,
         json: false,
+        json_out: None,
     };
     let (mut files, mut mib): (Option<Vec<usize>>, Option<Vec<usize>>) = (None, None);
     let mut no_ctr = false;
@@ -250,6 +254,7 @@ pub fn parse() -> Args {
             "--xfs-size-gib" => a.xfs_size_gib = num(&arg, val(&arg)),
             "--push-timeout-s" => a.push_timeout_s = num(&arg, val(&arg)),
             "--json" => a.json = true,
+            "--json-out" => a.json_out = Some(val(&arg).into()),
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
         }

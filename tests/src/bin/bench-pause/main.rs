@@ -90,17 +90,23 @@ fn main() {
     let machine_after = report::machine();
     let elapsed = started.elapsed().as_secs_f64();
 
+    let out = json!({
+        "machine": machine_before,
+        "loadavg_after": machine_after["loadavg"],
+        "elapsed_s": elapsed,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "probe_threshold_us": args.probe_threshold_us,
+        "probe_nice": args.probe_nice,
+        "cases": cases.iter().map(CaseResult::to_json).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&out).expect("JSON");
+    if let Some(path) = &args.json_out
+        && let Err(e) = std::fs::write(path, &text)
+    {
+        eprintln!("bench-pause: {}: {e}", path.display());
+    }
     if args.json {
-        let out = json!({
-            "machine": machine_before,
-            "loadavg_after": machine_after["loadavg"],
-            "elapsed_s": elapsed,
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
-            "probe_threshold_us": args.probe_threshold_us,
-            "probe_nice": args.probe_nice,
-            "cases": cases.iter().map(CaseResult::to_json).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+        println!("{text}");
         return;
     }
     println!(
