@@ -144,7 +144,11 @@ impl CaseResult {
         BTreeMap<String, BTreeSet<String>>,
     ) {
         let samples = self.of(Method::Seamless);
-        let keys: BTreeSet<&String> = samples.iter().flat_map(|s| s.fields.keys()).collect();
+        let keys: BTreeSet<&String> = samples
+            .iter()
+            .flat_map(|s| s.fields.keys())
+            .filter(|k| !is_identity(k))
+            .collect();
         let nums = keys
             .into_iter()
             .filter_map(|k| Some((k.clone(), Summary::of(&self.field(Method::Seamless, k))?)))

@@ -97,10 +97,10 @@ pub fn flatten(
     }
 }
 
-/// Strings that name a thing rather than describe how it went: left out of
-/// the per-case summary of string fields.
+/// Fields that name a thing rather than describe how it went (ids, paths,
+/// digests, instants, the worker's pid): left out of the per-case summary.
 pub fn is_identity(key: &str) -> bool {
-    const IDS: [&str; 9] = [
+    const IDS: [&str; 11] = [
         "snapshot_id",
         "container_id",
         "target_ref",
@@ -110,6 +110,8 @@ pub fn is_identity(key: &str) -> bool {
         "base_image",
         "manifest_digest",
         "digest",
+        "pid",
+        "start_ticks",
     ];
     let last = key.rsplit('.').next().unwrap_or(key);
     IDS.contains(&last) || last.ends_with("_at") || last.ends_with("_digest") || last == "diff_id"
@@ -139,5 +141,6 @@ mod tests {
         assert_eq!(n["layer.size"], 3.0);
         assert_eq!(s["window.path"], "incremental");
         assert!(is_identity("snapshot_id") && !is_identity("window.path"));
+        assert!(is_identity("status.worker.pid") && !is_identity("result.pause_time"));
     }
 }
