@@ -84,27 +84,14 @@ fn main() {
                     eprint!("{}", case.table());
                 }
                 cases.push(case);
+                // What is done so far survives a run cut short.
+                json_report(&args, &machine_before, started, &cases, false);
             }
         }
     }
     let machine_after = report::machine();
     let elapsed = started.elapsed().as_secs_f64();
-
-    let out = json!({
-        "machine": machine_before,
-        "loadavg_after": machine_after["loadavg"],
-        "elapsed_s": elapsed,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "probe_threshold_us": args.probe_threshold_us,
-        "probe_nice": args.probe_nice,
-        "cases": cases.iter().map(CaseResult::to_json).collect::<Vec<_>>(),
-    });
-    let text = serde_json::to_string_pretty(&out).expect("JSON");
-    if let Some(path) = &args.json_out
-        && let Err(e) = std::fs::write(path, &text)
-    {
-        eprintln!("bench-pause: {}: {e}", path.display());
-    }
+    let text = json_report(&args, &machine_before, started, &cases, true);
     if args.json {
         println!("{text}");
         return;
@@ -124,6 +111,34 @@ fn main() {
     if let Some(f) = report::floor_overall(&cases) {
         println!("\nfloor (bare freeze+thaw) stall median over all cases: {f:.3} ms");
     }
+}
+
+/// The JSON report of `cases`, written to `--json-out` if given;
+/// `complete` is false while cases are still to come.
+fn json_report(
+    args: &Args,
+    machine: &serde_json::Value,
+    started: Instant,
+    cases: &[CaseResult],
+    complete: bool,
+) -> String {
+    let out = json!({
+        "complete": complete,
+        "machine": machine,
+        "loadavg_now": report::machine()["loadavg"],
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "probe_threshold_us": args.probe_threshold_us,
+        "probe_nice": args.probe_nice,
+        "cases": cases.iter().map(CaseResult::to_json).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&out).expect("JSON");
+    if let Some(path) = &args.json_out
+        && let Err(e) = std::fs::write(path, &text)
+    {
+        eprintln!("bench-pause: {}: {e}", path.display());
+    }
+    text
 }
 
 /// The upper dir's filesystem, as the kernel names it.
