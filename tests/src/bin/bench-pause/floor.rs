@@ -74,12 +74,17 @@ impl Bare {
         }
     }
 
-    fn request(&self, frozen: bool) {
+    fn try_request(&self, frozen: bool) -> std::io::Result<usize> {
         let (f, v): (&File, &[u8]) = match self {
             Bare::V2 { freeze, .. } => (freeze, if frozen { b"1" } else { b"0" }),
             Bare::V1 { state, .. } => (state, if frozen { b"FROZEN" } else { b"THAWED" }),
         };
-        f.write_at(v, 0).expect("write a cgroup freezer file");
+        f.write_at(v, 0)
+    }
+
+    fn request(&self, frozen: bool) {
+        self.try_request(frozen)
+            .expect("write a cgroup freezer file");
     }
 
     fn reached(&self, frozen: bool) -> bool {
@@ -138,7 +143,8 @@ struct ThawOnDrop<'a>(&'a Bare);
 
 impl Drop for ThawOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.request(false);
+        // No panic here: this runs while unwinding from a failed cycle.
+        let _ = self.0.try_request(false);
     }
 }
 

@@ -9,9 +9,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use seamless_snapshot_tests::{RigEnv, check_cmd, run_cmd};
+use seamless_snapshot_tests::{RigEnv, check_cmd};
 
 pub struct XfsRig {
     img: PathBuf,
@@ -34,16 +34,23 @@ fn is_mountpoint(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(want.as_ref()))
 }
 
+/// Whether `cmd` ran and succeeded; never panics (it runs from `Drop`,
+/// possibly while unwinding).
+fn quietly(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Stops a rig at `rig_dir` and unmounts `mnt`, whatever is left of them.
 fn tear_down(rig_dir: &Path, mnt: &Path) {
     if rig_dir.exists() {
-        let _ = run_cmd(Command::new(rig_script("stop.sh")).arg(rig_dir));
+        quietly(Command::new(rig_script("stop.sh")).arg(rig_dir));
     }
-    if is_mountpoint(mnt) {
-        let out = run_cmd(Command::new("umount").arg(mnt));
-        if !out.status.success() {
-            let _ = run_cmd(Command::new("umount").arg("-l").arg(mnt));
-        }
+    if is_mountpoint(mnt) && !quietly(Command::new("umount").arg(mnt)) {
+        quietly(Command::new("umount").arg("-l").arg(mnt));
     }
 }
 
