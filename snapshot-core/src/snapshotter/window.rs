@@ -13,7 +13,9 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::ContainerdSnapshotter;
-use super::fault::{FAULT_HOLD_BEFORE_FREEZE, FAULT_HOLD_FROZEN, fault_hold};
+use super::fault::{
+    FAULT_HOLD_BEFORE_FREEZE, FAULT_HOLD_FROZEN, FAULT_PRECOPY_PACE, fault_hold, fault_hold_us,
+};
 use crate::capture::{Capture, MappedFiles};
 use crate::error::{Error, IoContext, Result};
 use crate::freeze;
@@ -44,6 +46,9 @@ impl ContainerdSnapshotter {
         // Pre-copy: the bulk of the data, while the container runs, with the
         // mappings sampled all along.
         let mut capture = Capture::new(upper, dest)?;
+        if let Some(pace) = fault_hold_us(FAULT_PRECOPY_PACE) {
+            capture.pace_precopy(pace);
+        }
         let pre = sampling_mappings(freezer.path(), &mut mapped, || {
             capture.precopy(&mut |done| writer.progress(done, 0))
         })?;
