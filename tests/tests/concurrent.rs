@@ -49,7 +49,9 @@ touch -d '2001-02-0{day} 04:05:06' $O/f2
 echo modified-by-{i} >> /base/file-to-modify
 echo ready > /data/ready
 n=0
-while true; do n=$((n+1)); echo {i}:$n > /data/c/.tmp; mv /data/c/.tmp /data/c/$n; usleep 5000; done
+while [ ! -e /data/c/stop ]; do n=$((n+1)); echo {i}:$n > /data/c/.tmp; mv /data/c/.tmp /data/c/$n; usleep 20000; done
+echo $n > /data/c/stopped
+sleep 100000
 "#,
         files = 3 + i,
         day = i + 1,
@@ -66,6 +68,9 @@ fn check_counter(image: &Path, i: usize) -> u64 {
         let de = de.unwrap();
         let name = de.file_name().into_string().unwrap();
         let content = fs::read_to_string(de.path()).unwrap();
+        if name == "stop" || name == "stopped" {
+            panic!("image {i}: the writer was told to stop before the commit");
+        }
         if name == ".tmp" {
             // Being written, or written and not yet renamed.
             assert!(
@@ -95,6 +100,7 @@ fn check_counter(image: &Path, i: usize) -> u64 {
 #[test]
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn eight_containers_committed_concurrently_are_each_exact() {
+    let t0 = Instant::now();
     let rig = Rig::new();
     cli_path();
     let ids: Vec<String> = (0..CONTAINERS).map(|i| format!("conc{i}")).collect();
@@ -115,6 +121,8 @@ fn eight_containers_committed_concurrently_are_each_exact() {
         set_xattr(&own, "user.dir", &[i as u8; 3]);
         set_xattr(&own.join("f0"), "user.size", i.to_string().as_bytes());
     }
+
+    eprintln!("{CONTAINERS} containers set up in {:?}", t0.elapsed());
 
     // All eight at once: even ones by the CLI, odd ones by threads sharing
     // one library instance.
@@ -163,6 +171,16 @@ fn eight_containers_committed_concurrently_are_each_exact() {
     });
     eprintln!("{CONTAINERS} concurrent commits in {:?}", started.elapsed());
 
+    // The writers stop (after the commits), so that the containers hold
+    // still while they are compared with their images.
+    for id in &ids {
+        fs::write(rig.rootfs(id).join("data/c/stop"), b"").unwrap();
+    }
+    for id in &ids {
+        let stopped = rig.rootfs(id).join("data/c/stopped");
+        wait_until(Duration::from_secs(30), || stopped.exists())
+            .unwrap_or_else(|_| panic!("the writer of {id} did not stop"));
+    }
     for (i, id) in ids.iter().enumerate() {
         let rootfs = rig.rootfs(id);
         let image = rig.pull_unpack(&targets[i]);
@@ -194,6 +212,7 @@ fn eight_containers_committed_concurrently_are_each_exact() {
             "image of {id}: {k} writer files, the container has {now}"
         );
     }
+    eprintln!("images checked at {:?}", t0.elapsed());
     for id in &ids {
         assert_eq!(rig.task_status(id).as_deref(), Some("RUNNING"), "{id}");
     }
