@@ -5,7 +5,8 @@
 //! secret and to the capture root), replaces files by fifos and by device
 //! nodes of the host's root disk, links files and then replaces them,
 //! renames files and directories across directories, and keeps a tree
-//! deeper than `PATH_MAX` whose middle it swaps for a symlink, over
+//! deeper than `PATH_MAX` whose middle it swaps for a symlink, deletes and
+//! recreates base image files and directories (whiteouts, opaque ones), over
 //! thousands of rounds. Every commit succeeds within a bound, no byte of the
 //! host secret is in any image, no host path is written, nothing blocks on
 //! the fifo, and device nodes are device entries.
@@ -69,6 +70,7 @@ while [ ! -e /data/stop ]; do
     rm -rf $H/up; ln -s ../../../.. $H/up
     mv {name} y123456789; ln -s $S {name}
     mv $H/ra/deep $H/rb/deep; mv $H/ra/file $H/rb/file; mv $H/rb/sub $H/ra/sub
+    rm -rf /base/keep; echo "w $n" > /base/file-to-delete
   else
     rm -f $H/abs; mkdir $H/abs; echo "dir $n" > $H/abs/secret
     rm -f $H/rel; mkdir $H/rel; echo "dir $n" > $H/rel/secret
@@ -76,6 +78,7 @@ while [ ! -e /data/stop ]; do
     rm -f $H/up; mkdir $H/up; echo "up $n" > $H/up/f
     rm -f {name}; mv y123456789 {name}
     mv $H/rb/deep $H/ra/deep; mv $H/rb/file $H/ra/file; mv $H/ra/sub $H/rb/sub
+    mkdir -p /base/keep/sub; echo "k $n" > /base/keep/file; rm -f /base/file-to-delete
   fi
   rm -rf $H/node
   case $((n%5)) in
@@ -213,13 +216,15 @@ fn layer_listing(blob: &Path) -> BTreeMap<String, (char, String)> {
     for line in out.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         // perms owner size|maj,min date time name [-> target]
-        let Some(date) = f
-            .iter()
-            .position(|w| w.len() == 10 && w.as_bytes()[4] == b'-' && w.as_bytes()[7] == b'-')
-        else {
+        // The date, YYYY-MM-DD (a whiteout's mode, `----------`, is not).
+        let Some(date) = f.iter().skip(2).position(|w| {
+            let b = w.as_bytes();
+            b.len() == 10 && b[4] == b'-' && b[7] == b'-' && b[..4].iter().all(u8::is_ascii_digit)
+        }) else {
             continue;
         };
         let kind = f[0].chars().next().unwrap_or('?');
+        let date = date + 2;
         let Some(name) = f.get(date + 2) else {
             continue;
         };
