@@ -161,13 +161,7 @@ fn commit(rig: &Rig, id: &str, target: &str, env: &[(&str, u64)]) -> serde_json:
 /// layer's blob, and the raw and decompressed contents of every blob
 /// (manifest, config, layers).
 fn fetch_blobs(rig: &Rig, reference: &str) -> (PathBuf, PathBuf, Vec<(String, Vec<u8>)>) {
-    let layout = rig.new_dir("layout").join("oci");
-    check_cmd(
-        Command::new("skopeo")
-            .args(["copy", "-q", "--src-tls-verify=false"])
-            .arg(format!("docker://{reference}"))
-            .arg(format!("oci:{}:t", layout.display())),
-    );
+    let layout = rig.pull_layout(reference);
     let blob = |digest: &serde_json::Value| {
         let hex = digest
             .as_str()
