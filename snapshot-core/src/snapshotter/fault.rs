@@ -16,6 +16,11 @@ pub(super) const FAULT_HOLD_BEFORE_FREEZE: &str = "SEAMLESS_FAULT_HOLD_BEFORE_FR
 /// not only with the sync).
 pub(super) const FAULT_PRECOPY_PACE: &str = "SEAMLESS_FAULT_PRECOPY_PACE_US";
 
+/// Test-only fault injection: wait this many milliseconds between a job's
+/// push and the removal of its capture and blob (so that tests can see
+/// whether a waiter returns before that cleanup).
+pub(crate) const FAULT_HOLD_BEFORE_CLEANUP: &str = "SEAMLESS_FAULT_HOLD_BEFORE_CLEANUP_MS";
+
 /// Test-only fault injection: `1` skips the free-space check (so that
 /// tests can make the pre-copy itself run out of space).
 pub(super) const FAULT_SKIP_SPACE_CHECK: &str = "SEAMLESS_FAULT_SKIP_SPACE_CHECK";
@@ -27,7 +32,7 @@ pub(super) fn fault_flag(var: &str) -> bool {
 
 /// The duration a fault-injection variable asks for. Read only in debug
 /// builds: a release build has no such behaviour whatever its environment.
-pub(super) fn fault_hold(var: &str) -> Option<Duration> {
+pub(crate) fn fault_hold(var: &str) -> Option<Duration> {
     fault_number(var, "milliseconds").map(Duration::from_millis)
 }
 

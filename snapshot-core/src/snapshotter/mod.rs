@@ -36,7 +36,7 @@ use crate::status::{SnapshotState, SnapshotStatus, Worker};
 use fault::{FAULT_SKIP_SPACE_CHECK, fault_flag};
 use window::ensure_not_frozen;
 
-mod fault;
+pub(crate) mod fault;
 mod window;
 
 /// Commits containers of one containerd namespace.
