@@ -5,7 +5,8 @@
 //! so it can run in this process or in a detached worker process.
 //!
 //! Failure policy: on success the capture directory and the layer blob are
-//! removed. On failure they are kept when `keep_failed` is set (the default)
+//! removed, before the status says `completed` (a waiter that returns then
+//! finds nothing left behind). On failure they are kept when `keep_failed` is set (the default)
 //! so the cause can be examined and the job rerun with
 //! [`crate::ContainerdSnapshotter::run_job`]; otherwise they are removed.
 //! A job whose worker process died is failed and cleaned up the same way by
@@ -31,7 +32,7 @@ use crate::image::{self, Descriptor, History};
 use crate::layer;
 use crate::procfs::idmap::UserNamespace;
 use crate::registry::{self, BlobSource, PushRequest, PushTuning, RegistrySettings};
-use crate::snapshotter::fault::{FAULT_HOLD_BEFORE_BUILD, fault_hold};
+use crate::snapshotter::fault::{FAULT_HOLD_BEFORE_BUILD, FAULT_HOLD_BEFORE_CLEANUP, fault_hold};
 use crate::state::{self, StatusStore};
 use crate::status::{LayerInfo, SnapshotState, SnapshotStatus, Worker};
 
@@ -194,8 +195,19 @@ async fn run(spec: JobSpec, store: StatusStore, base: &dyn BlobSource) -> Result
     let outcome = run_inner(&spec, &store, &writer, base).await;
     let blob = store.job_dir(&spec.snapshot_id).join(BLOB_FILE);
     match outcome {
-        Ok(()) => {
+        Ok(pushed) => {
+            // Cleaned up before "completed": whoever waits for it may exit,
+            // or look for the capture, as soon as they read it.
+            if let Some(h) = fault_hold(FAULT_HOLD_BEFORE_CLEANUP) {
+                std::thread::sleep(h);
+            }
             cleanup(&spec.capture_dir, &blob);
+            writer.update(|s| {
+                s.timings.push = Some(pushed.push_time);
+                s.state = SnapshotState::Completed;
+                s.manifest_digest = Some(pushed.digest);
+                s.error = None;
+            })?;
         }
         Err(ref e) => {
             tracing::error!(snapshot = %spec.snapshot_id, error = %e, "snapshot job failed");
@@ -230,7 +242,7 @@ async fn run_inner(
     store: &StatusStore,
     writer: &std::sync::Arc<StatusWriter>,
     base: &dyn BlobSource,
-) -> Result<()> {
+) -> Result<Pushed> {
     // Build the layer (blocking file work) off the async threads.
     let started = Instant::now();
     let total = dir_content_bytes(&spec.capture_dir);
@@ -351,14 +363,16 @@ async fn run_inner(
         w.progress(done, total)
     })
     .await?;
-    let push_time = started.elapsed();
-    writer.update(|s| {
-        s.timings.push = Some(push_time);
-        s.state = SnapshotState::Completed;
-        s.manifest_digest = Some(digest);
-        s.error = None;
-    })?;
-    Ok(())
+    Ok(Pushed {
+        digest,
+        push_time: started.elapsed(),
+    })
+}
+
+/// What a job that pushed its image records once it has cleaned up.
+struct Pushed {
+    digest: String,
+    push_time: Duration,
 }
 
 /// Sum of regular-file sizes below `dir` (for progress totals; best effort).

@@ -383,15 +383,8 @@ impl Rig {
     /// Pulls `reference` from the rig's registry with skopeo and unpacks it
     /// with umoci; returns the unpacked root filesystem.
     pub fn pull_unpack(&self, reference: &str) -> PathBuf {
-        let dir = self.new_dir("pull");
-        let layout = dir.join("oci");
-        let bundle = dir.join("bundle");
-        check_cmd(
-            Command::new("skopeo")
-                .args(["copy", "-q", "--src-tls-verify=false"])
-                .arg(format!("docker://{reference}"))
-                .arg(format!("oci:{}:t", layout.display())),
-        );
+        let layout = self.pull_layout(reference);
+        let bundle = layout.with_file_name("bundle");
         check_cmd(
             Command::new("umoci")
                 .arg("unpack")
@@ -400,6 +393,19 @@ impl Rig {
                 .arg(&bundle),
         );
         bundle.join("rootfs")
+    }
+
+    /// Copies `reference` from the rig's registry with skopeo into a new
+    /// OCI layout (`<dir>/oci`, tag `t`) and returns the layout's path.
+    pub fn pull_layout(&self, reference: &str) -> PathBuf {
+        let layout = self.new_dir("pull").join("oci");
+        check_cmd(
+            Command::new("skopeo")
+                .args(["copy", "-q", "--src-tls-verify=false"])
+                .arg(format!("docker://{reference}"))
+                .arg(format!("oci:{}:t", layout.display())),
+        );
+        layout
     }
 
     /// The manifest of a pushed image, via skopeo.

@@ -85,6 +85,9 @@ pub(crate) struct Capture {
     totals: (u64, u64),
     /// Regular files the next sync re-copies whatever their stat says.
     forced: Forced,
+    /// A pause after each pre-copy entry (tests only, see
+    /// [`Capture::pace_precopy`]).
+    pace: Option<Duration>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -122,6 +125,7 @@ impl Capture {
             copier: Copier::new(dest),
             totals: (0, 0),
             forced: Forced::default(),
+            pace: None,
         })
     }
 
@@ -132,6 +136,13 @@ impl Capture {
     /// every 100 ms and at the end.
     pub(crate) fn precopy(&mut self, progress: &mut dyn FnMut(u64)) -> Result<PhaseStats> {
         precopy::precopy(self, progress)
+    }
+
+    /// Makes the pre-copy sleep `pace` after each entry, so that a test's
+    /// container changes its tree while the walk is in the middle of it
+    /// (set only by a debug build's fault hook).
+    pub(crate) fn pace_precopy(&mut self, pace: Duration) {
+        self.pace = Some(pace);
     }
 
     /// Marks regular files that the next [`Self::sync_frozen`] re-copies

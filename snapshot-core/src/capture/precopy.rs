@@ -65,6 +65,7 @@ pub(super) fn precopy(c: &mut Capture, progress: &mut dyn FnMut(u64)) -> Result<
         stats: PhaseStats::default(),
         prog: Prog::new(progress),
         gen_: c.gen_,
+        pace: c.pace,
     };
     walk(&c.ctx, top, st, false, &mut v)?;
     v.prog.report();
@@ -90,6 +91,8 @@ struct Pre<'a, 'p> {
     stats: PhaseStats,
     prog: Prog<'p>,
     gen_: u32,
+    /// A pause after each entry (tests only).
+    pace: Option<std::time::Duration>,
 }
 
 impl Pre<'_, '_> {
@@ -146,6 +149,9 @@ impl Visit for Pre<'_, '_> {
             return Ok(false);
         }
         self.stats.entries += 1;
+        if let Some(pace) = self.pace {
+            std::thread::sleep(pace);
+        }
         let ok = match self.copy_entry(&e, &meta, atime) {
             Ok(n) => {
                 self.stats.bytes_copied += n;

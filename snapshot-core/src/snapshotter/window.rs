@@ -13,7 +13,10 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::ContainerdSnapshotter;
-use super::fault::{FAULT_HOLD_BEFORE_FREEZE, FAULT_HOLD_FROZEN, FAULT_HOLD_PRECOPY, fault_hold};
+use super::fault::{
+    FAULT_HOLD_BEFORE_FREEZE, FAULT_HOLD_FROZEN, FAULT_HOLD_PRECOPY, FAULT_PRECOPY_PACE,
+    fault_hold, fault_hold_us,
+};
 use super::presence::Presence;
 use crate::capture::{Capture, MappedFiles};
 use crate::error::{Error, IoContext, Result};
@@ -65,6 +68,9 @@ impl ContainerdSnapshotter {
         let mut capture = Capture::new(upper, dest)?;
         if let Some(h) = fault_hold(FAULT_HOLD_PRECOPY) {
             std::thread::sleep(h);
+        }
+        if let Some(pace) = fault_hold_us(FAULT_PRECOPY_PACE) {
+            capture.pace_precopy(pace);
         }
         let pre = sampling_mappings(freezer.path(), &mut mapped, || {
             capture.precopy(&mut |done| writer.progress(done, 0))
