@@ -33,6 +33,9 @@ mod precopy;
 mod sync;
 #[cfg(test)]
 mod tests;
+// Used by the frozen window from the next step on.
+#[allow(dead_code)]
+pub(crate) mod track;
 mod walk;
 
 use std::collections::HashMap;
