@@ -58,6 +58,8 @@ pub(super) struct Event<'a> {
     pub(super) mask: u64,
     pub(super) dir: Option<Handle<'a>>,
     pub(super) name: &'a [u8],
+    /// The object's own handle (`FID` record), when reported.
+    pub(super) obj: Option<Handle<'a>>,
     /// An fd the kernel opened for us (only outside fid mode): to close.
     pub(super) fd: i32,
 }
@@ -95,6 +97,7 @@ pub(super) fn parse<'a>(mut buf: &'a [u8], mut f: impl FnMut(Event<'a>)) -> Resu
             mask,
             dir: None,
             name: b"",
+            obj: None,
             fd,
         };
         let mut info = &buf[meta_len..len];
@@ -105,12 +108,17 @@ pub(super) fn parse<'a>(mut buf: &'a [u8], mut f: impl FnMut(Event<'a>)) -> Resu
                 return Err(Malformed("info length"));
             }
             let rec = &info[..rlen];
-            if kind == INFO_DFID_NAME || kind == INFO_DFID {
+            if kind == INFO_DFID_NAME || kind == INFO_DFID || kind == INFO_FID {
                 // header 4, fsid 8, then the file_handle.
                 let hb = u32_at(rec, 12).ok_or(Malformed("short handle"))? as usize;
                 let kind_ = u32_at(rec, 16).ok_or(Malformed("short handle"))? as i32;
                 let bytes = rec.get(20..20 + hb).ok_or(Malformed("short handle"))?;
-                ev.dir = Some(Handle { kind: kind_, bytes });
+                let h = Some(Handle { kind: kind_, bytes });
+                if kind == INFO_FID {
+                    ev.obj = h;
+                } else {
+                    ev.dir = h;
+                }
                 if kind == INFO_DFID_NAME {
                     let rest = &rec[20 + hb..];
                     let end = rest
@@ -119,9 +127,8 @@ pub(super) fn parse<'a>(mut buf: &'a [u8], mut f: impl FnMut(Event<'a>)) -> Resu
                         .ok_or(Malformed("unterminated name"))?;
                     ev.name = &rest[..end];
                 }
-            } else if kind != INFO_FID {
-                // Other record types (pidfd, error) carry nothing we use.
             }
+            // Other record types (pidfd, error) carry nothing we use.
             info = &info[rlen..];
         }
         f(ev);
@@ -138,15 +145,31 @@ pub(super) mod build {
 
     /// One event with a `DFID_NAME` record (no record when `dir` is None).
     pub(crate) fn event(mask: u64, dir: Option<(i32, &[u8])>, name: &[u8]) -> Vec<u8> {
+        event_obj(mask, dir, name, None)
+    }
+
+    /// The same, with a `FID` record of the object when `obj` is given.
+    pub(crate) fn event_obj(
+        mask: u64,
+        dir: Option<(i32, &[u8])>,
+        name: &[u8],
+        obj: Option<(i32, &[u8])>,
+    ) -> Vec<u8> {
         let mut info = Vec::new();
-        if let Some((kind, h)) = dir {
-            let mut rec = vec![INFO_DFID_NAME, 0, 0, 0];
+        for (t, h) in [dir.map(|d| (INFO_DFID_NAME, d)), obj.map(|o| (INFO_FID, o))]
+            .into_iter()
+            .flatten()
+        {
+            let (kind, h) = h;
+            let mut rec = vec![t, 0, 0, 0];
             rec.extend_from_slice(&[7u8; 8]);
             rec.extend_from_slice(&(h.len() as u32).to_ne_bytes());
             rec.extend_from_slice(&kind.to_ne_bytes());
             rec.extend_from_slice(h);
-            rec.extend_from_slice(name);
-            rec.push(0);
+            if t == INFO_DFID_NAME {
+                rec.extend_from_slice(name);
+                rec.push(0);
+            }
             while rec.len() % 4 != 0 {
                 rec.push(0);
             }
@@ -206,6 +229,22 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn the_object_handle_is_kept_apart() {
+        let buf = build::event_obj(MODIFY, Some((1, b"dddd")), b"f", Some((2, b"oooooooo")));
+        let mut seen = Vec::new();
+        parse(&buf, |e| seen.push((e.dir, e.name.to_vec(), e.obj))).unwrap();
+        let dir = Handle {
+            kind: 1,
+            bytes: b"dddd",
+        };
+        let obj = Handle {
+            kind: 2,
+            bytes: b"oooooooo",
+        };
+        assert_eq!(seen, vec![(Some(dir), b"f".to_vec(), Some(obj))]);
     }
 
     #[test]

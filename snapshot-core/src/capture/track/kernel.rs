@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use nix::sys::stat::fstat;
 
 use super::events::{Handle, WANTED};
-use crate::sys::fs::open_dir;
+use crate::sys::fs::{inode_key, open_dir};
 
 /// What a directory handle stands for now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub(crate) enum Resolved {
     Path(Vec<u8>),
     /// Removed: it no longer has a path.
     Gone,
+    /// Not below the marked directory (found without its path: one longer
+    /// than the kernel shows).
+    Outside,
     /// Could not be resolved.
     Failed(Errno),
 }
@@ -35,11 +38,28 @@ pub(crate) trait Source: Send {
     fn resolve(&mut self, h: Handle<'_>) -> Resolved;
     /// Whether the filesystem mark is still in place.
     fn marked(&mut self) -> bool;
+    /// The inode key (device, inode) of the live object `h`, `None` if it
+    /// no longer exists (no name left, or freed).
+    fn inode(&mut self, h: Handle<'_>) -> nix::Result<Option<(u64, u64)>>;
 }
 
 /// `FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME`, non-blocking, close-on-exec.
-const INIT_FLAGS: libc::c_uint =
-    libc::FAN_CLASS_NOTIF | libc::FAN_REPORT_DFID_NAME | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
+/// `FAN_REPORT_FID | FAN_REPORT_TARGET_FID` too (Linux 5.17): a name
+/// arriving for an inode that has others (a hardlink) must lead to those
+/// others, and only the target's own handle tells which inode it named. An unlimited queue: the mark
+/// covers a whole filesystem, whose other users (a build, a package
+/// install) can queue more than the default 16,384 events between two
+/// reads; the tracker reads continuously, so the queue stays short.
+const INIT_FLAGS: libc::c_uint = libc::FAN_CLASS_NOTIF
+    | libc::FAN_REPORT_DFID_NAME
+    | libc::FAN_REPORT_FID
+    | libc::FAN_REPORT_TARGET_FID
+    | libc::FAN_UNLIMITED_QUEUE
+    | libc::FAN_CLOEXEC
+    | libc::FAN_NONBLOCK;
+
+/// Attempts at resolving a handle the kernel answered `ENOMEM` for.
+const RETRIES: usize = 8;
 
 /// A fanotify group marking the whole filesystem of one directory.
 pub(crate) struct Kernel {
@@ -88,16 +108,23 @@ impl Kernel {
     }
 }
 
-impl Source for Kernel {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match nix::unistd::read(self.group.as_fd(), buf) {
-            Ok(n) => Ok(n),
-            Err(Errno::EAGAIN) => Ok(0),
-            Err(e) => Err(e.into()),
+impl Kernel {
+    /// Opens (`O_PATH`) the object of handle `h`. `ENOMEM` is also what
+    /// the kernel answers when the object is renamed or removed while its
+    /// path is being reconnected: tried again a few times.
+    fn open(&self, h: Handle<'_>) -> nix::Result<OwnedFd> {
+        let mut opened = self.open_once(h);
+        for _ in 0..RETRIES {
+            if !matches!(opened, Err(Errno::ENOMEM)) {
+                break;
+            }
+            std::thread::yield_now();
+            opened = self.open_once(h);
         }
+        opened
     }
 
-    fn resolve(&mut self, h: Handle<'_>) -> Resolved {
+    fn open_once(&self, h: Handle<'_>) -> nix::Result<OwnedFd> {
         // struct file_handle: handle_bytes u32, handle_type i32, bytes; in
         // u64 words for its alignment.
         let mut raw = vec![0u64; 1 + h.bytes.len().div_ceil(8)];
@@ -121,13 +148,53 @@ impl Source for Kernel {
             )
         };
         if fd < 0 {
-            return match Errno::last() {
-                Errno::ESTALE | Errno::ENOENT => Resolved::Gone,
-                e => Resolved::Failed(e),
-            };
+            return Err(Errno::last());
         }
         // SAFETY: a fresh fd owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Whether the directory `fd` is below the marked directory: its
+    /// ancestors through `..`, up to the filesystem's root.
+    fn below_mount(&self, mut fd: OwnedFd) -> nix::Result<bool> {
+        let top = inode_key(&fstat(&self.mount)?);
+        let mut key = inode_key(&fstat(&fd)?);
+        loop {
+            if key == top {
+                return Ok(true);
+            }
+            let up = nix::fcntl::openat(
+                &fd,
+                c"..",
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )?;
+            let up_key = inode_key(&fstat(&up)?);
+            if up_key == key {
+                return Ok(false);
+            }
+            (fd, key) = (up, up_key);
+        }
+    }
+}
+
+impl Source for Kernel {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match nix::unistd::read(self.group.as_fd(), buf) {
+            Ok(n) => Ok(n),
+            Err(Errno::EAGAIN) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn resolve(&mut self, h: Handle<'_>) -> Resolved {
+        let fd = match self.open(h) {
+            Ok(fd) => fd,
+            Err(Errno::ESTALE | Errno::ENOENT) => return Resolved::Gone,
+            Err(e) => return Resolved::Failed(e),
+        };
         match fstat(&fd) {
             // Removed but still referenced: no path of its own any more.
             Ok(st) if st.st_nlink == 0 => return Resolved::Gone,
@@ -137,8 +204,25 @@ impl Source for Kernel {
         let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
         match nix::fcntl::readlink(link.as_str()) {
             Ok(p) => Resolved::Path(p.as_bytes().to_vec()),
+            // Deeper than a page of path: at least tell whether it is in
+            // the tree (another user of the filesystem, most likely).
+            Err(Errno::ENAMETOOLONG) => match self.below_mount(fd) {
+                Ok(false) => Resolved::Outside,
+                Ok(true) => Resolved::Failed(Errno::ENAMETOOLONG),
+                Err(e) => Resolved::Failed(e),
+            },
             Err(e) => Resolved::Failed(e),
         }
+    }
+
+    fn inode(&mut self, h: Handle<'_>) -> nix::Result<Option<(u64, u64)>> {
+        let fd = match self.open(h) {
+            Ok(fd) => fd,
+            Err(Errno::ESTALE | Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let st = fstat(&fd)?;
+        Ok((st.st_nlink > 0).then(|| inode_key(&st)))
     }
 
     fn marked(&mut self) -> bool {

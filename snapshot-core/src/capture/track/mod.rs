@@ -32,7 +32,7 @@ pub(crate) mod kernel;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -43,9 +43,44 @@ use events::{
 };
 use kernel::{Kernel, Resolved, Source};
 
-/// Paths (relative to the upper dir) that may differ from their copy, in
-/// path order (a parent before its children); `true`: its whole subtree.
-pub(crate) type Dirty = BTreeMap<Vec<u8>, bool>;
+/// What may differ from the copy.
+#[derive(Debug, Default)]
+pub(crate) struct Dirty {
+    /// Paths (relative to the upper dir), in path order (a parent before
+    /// its children); `true`: its whole subtree.
+    pub(crate) paths: BTreeMap<Vec<u8>, bool>,
+    /// Live inodes events in the tree were about (created, linked, moved
+    /// in, written, removed): their other names may have changed without
+    /// an event of their own (a link count; a write through a name removed
+    /// since, which overlayfs may still use).
+    pub(crate) inodes: HashSet<(u64, u64)>,
+}
+
+impl Dirty {
+    /// Nothing dirty.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.inodes.is_empty()
+    }
+
+    /// How many paths and inodes.
+    pub(crate) fn len(&self) -> usize {
+        self.paths.len() + self.inodes.len()
+    }
+
+    /// Marks `rel` dirty (its subtree too if `subtree`).
+    pub(crate) fn mark(&mut self, rel: Vec<u8>, subtree: bool) {
+        *self.paths.entry(rel).or_default() |= subtree;
+    }
+
+    /// Adds everything `other` holds.
+    pub(crate) fn merge(&mut self, other: Dirty) {
+        for (p, s) in other.paths {
+            self.mark(p, s);
+        }
+        self.inodes.extend(other.inodes);
+    }
+}
 
 /// Size of the read buffer: many events per `read`.
 const BUF_LEN: usize = 64 * 1024;
@@ -65,6 +100,11 @@ pub(crate) struct Tracker {
     key: Vec<u8>,
     buf: Vec<u8>,
     dirty: Dirty,
+    /// Handles (type, then bytes) of the non-directories events in the tree
+    /// were about, resolved to inodes when the set is taken.
+    arrived: HashSet<Vec<u8>>,
+    /// Events to look at again (their directory was busy).
+    deferred: Vec<Deferred>,
     untrusted: Option<String>,
     /// Events read (all of the filesystem) and kept (in the tree).
     pub(crate) read: u64,
@@ -124,7 +164,9 @@ impl Tracker {
             cache: HashMap::new(),
             key: Vec::with_capacity(64),
             buf: vec![0; BUF_LEN],
-            dirty: BTreeMap::new(),
+            dirty: Dirty::default(),
+            arrived: HashSet::new(),
+            deferred: Vec::new(),
             untrusted: None,
             read: 0,
             kept: 0,
@@ -136,7 +178,13 @@ impl Tracker {
         self.untrusted.as_deref()
     }
 
-    fn distrust(&mut self, why: impl Into<String>) {
+    /// A tracker that tracks nothing and is never trusted.
+    pub(crate) fn lost(why: &str) -> Tracker {
+        Tracker::untrusted_from(Path::new("/"), why.to_string())
+    }
+
+    /// Makes the tracker untrustworthy for the rest of its life.
+    pub(crate) fn distrust(&mut self, why: impl Into<String>) {
         if self.untrusted.is_none() {
             let why = why.into();
             tracing::debug!(reason = %why, "dirty tracking untrustworthy: full compare");
@@ -144,12 +192,40 @@ impl Tracker {
         }
         // Nothing more is worth reading.
         self.src = None;
-        self.dirty.clear();
+        self.dirty = Dirty::default();
+        self.arrived.clear();
+        self.deferred.clear();
         self.cache.clear();
+    }
+
+    /// Looks at the deferred events again; `last`: those still not
+    /// resolvable make the tracker untrustworthy.
+    fn retry(&mut self, last: bool) {
+        for d in std::mem::take(&mut self.deferred) {
+            let before = self.deferred.len();
+            let e = Event {
+                mask: d.mask,
+                dir: Some(Handle {
+                    kind: d.dir.0,
+                    bytes: &d.dir.1,
+                }),
+                name: &d.name,
+                obj: d
+                    .obj
+                    .as_ref()
+                    .map(|(kind, bytes)| Handle { kind: *kind, bytes }),
+                fd: -1,
+            };
+            self.event(e);
+            if last && self.deferred.len() > before {
+                self.distrust("resolve a directory handle: ENOMEM, again and again");
+            }
+        }
     }
 
     /// Reads every queued event into the dirty set, without blocking.
     pub(crate) fn drain(&mut self) {
+        self.retry(false);
         loop {
             let Some(src) = self.src.as_mut() else {
                 return;
@@ -187,8 +263,22 @@ impl Tracker {
         }
     }
 
-    /// The dirty set so far, emptied; `Err(reason)` if untrustworthy.
+    /// The dirty set so far, emptied, with the inodes that arrived as they
+    /// are now; `Err(reason)` if untrustworthy.
     pub(crate) fn take(&mut self) -> Result<Dirty, String> {
+        self.retry(true);
+        for h in std::mem::take(&mut self.arrived) {
+            let Some(src) = self.src.as_mut() else { break };
+            let (kind, bytes) = h.split_at(4);
+            let kind = i32::from_ne_bytes([kind[0], kind[1], kind[2], kind[3]]);
+            match src.inode(Handle { kind, bytes }) {
+                Ok(Some(key)) => {
+                    self.dirty.inodes.insert(key);
+                }
+                Ok(None) => {}
+                Err(e) => self.distrust(format!("resolve a file handle: {e}")),
+            }
+        }
         if let Some(why) = &self.untrusted {
             return Err(why.clone());
         }
@@ -198,15 +288,13 @@ impl Tracker {
     /// Marks paths dirty again (a pass could not finish them).
     pub(crate) fn put_back(&mut self, dirty: Dirty) {
         if self.untrusted.is_none() {
-            for (p, sub) in dirty {
-                *self.dirty.entry(p).or_default() |= sub;
-            }
+            self.dirty.merge(dirty);
         }
     }
 
-    /// How many paths are dirty now.
+    /// How many paths and inodes are dirty now.
     pub(crate) fn len(&self) -> usize {
-        self.dirty.len()
+        self.dirty.len() + self.arrived.len() + self.deferred.len()
     }
 
     fn event(&mut self, e: Event<'_>) {
@@ -220,12 +308,33 @@ impl Tracker {
             return self.distrust("a filesystem error was reported");
         }
         let Some(dir) = e.dir else {
-            return self.distrust("an event without a directory handle");
+            if e.obj.is_some() {
+                // An event on an inode alone (a link count changed, the
+                // last name went): its names in the tree have events of
+                // their own (created, removed, moved).
+                return;
+            }
+            return self.distrust("an event without a file handle");
         };
         let Some(drel) = self.dir_rel(dir) else {
+            // A removed directory: but a file can still be written through
+            // a name removed with it (below).
+            if self.untrusted.is_none() {
+                self.object(&e);
+            }
             return;
         };
         match drel {
+            Place::Busy => {
+                // Being renamed or removed right now: looked at again at
+                // the next read, or when the set is taken.
+                self.deferred.push(Deferred {
+                    mask: e.mask,
+                    dir: (dir.kind, dir.bytes.to_vec()),
+                    name: e.name.to_vec(),
+                    obj: e.obj.map(|o| (o.kind, o.bytes.to_vec())),
+                });
+            }
             Place::Outside => {}
             Place::UpperParent => {
                 if e.name == self.upper_name.as_slice() {
@@ -242,6 +351,16 @@ impl Tracker {
     /// An event in the directory `drel` of the tree.
     fn inside(&mut self, e: Event<'_>, drel: Vec<u8>) {
         self.kept += 1;
+        #[cfg(test)]
+        if std::env::var_os("SEAMLESS_TRACK_DEBUG").is_some() {
+            eprintln!(
+                "event {:#x} obj {:?} {:?} {:?}",
+                e.mask,
+                e.obj.map(|o| o.kind),
+                String::from_utf8_lossy(&drel),
+                String::from_utf8_lossy(e.name)
+            );
+        }
         if e.name == b"." {
             if drel.is_empty() && e.mask & (DELETE_SELF | MOVE_SELF) != 0 {
                 return self.distrust("the upper dir itself was renamed or removed");
@@ -261,14 +380,32 @@ impl Tracker {
         if e.mask & DIRENT != 0 {
             self.mark(drel, false);
         }
+        self.object(&e);
         // A directory that arrives brings what was done inside it under
         // another name (or none).
         let subtree = e.mask & ONDIR != 0 && e.mask & (MOVED_TO | events::CREATE) != 0;
         self.mark(rel, subtree);
     }
 
+    /// Keeps the inode of an event on a non-directory, whatever its name:
+    /// overlayfs reaches a hardlinked file's upper inode through whichever
+    /// of its names it met first, even one removed since, so an event may
+    /// name a path that is gone while the inode lives on under others.
+    fn object(&mut self, e: &Event<'_>) {
+        if e.mask & ONDIR == 0
+            && let Some(obj) = e.obj
+        {
+            self.key.clear();
+            self.key.extend_from_slice(&obj.kind.to_ne_bytes());
+            self.key.extend_from_slice(obj.bytes);
+            if !self.arrived.contains(self.key.as_slice()) {
+                self.arrived.insert(self.key.clone());
+            }
+        }
+    }
+
     fn mark(&mut self, rel: Vec<u8>, subtree: bool) {
-        *self.dirty.entry(rel).or_default() |= subtree;
+        self.dirty.mark(rel, subtree);
     }
 
     /// Where the directory `h` is now; `None` if removed or if the tracker
@@ -287,6 +424,11 @@ impl Tracker {
         let path = match resolved {
             Resolved::Path(p) => p,
             Resolved::Gone => return None,
+            Resolved::Outside => {
+                self.cache.insert(self.key.clone(), None);
+                return Some(Place::Outside);
+            }
+            Resolved::Failed(nix::errno::Errno::ENOMEM) => return Some(Place::Busy),
             Resolved::Failed(e) => {
                 self.distrust(format!("resolve a directory handle: {e}"));
                 return None;
@@ -312,8 +454,19 @@ impl Tracker {
     }
 }
 
+/// An event whose directory could not be resolved yet, owned.
+struct Deferred {
+    mask: u64,
+    dir: (i32, Vec<u8>),
+    name: Vec<u8>,
+    obj: Option<(i32, Vec<u8>)>,
+}
+
 /// Where an event's directory is.
 enum Place {
+    /// Not known yet: the kernel answered `ENOMEM` (a rename or removal
+    /// racing with the reconnection of its path) again and again.
+    Busy,
     Outside,
     UpperParent,
     Inside(Vec<u8>),

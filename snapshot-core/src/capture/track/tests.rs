@@ -1,4 +1,4 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +38,9 @@ impl Source for Fake {
     fn marked(&mut self) -> bool {
         true
     }
+    fn inode(&mut self, h: Handle<'_>) -> nix::Result<Option<(u64, u64)>> {
+        Ok(h.bytes.first().map(|b| (1, *b as u64)))
+    }
 }
 
 impl Fake {
@@ -46,6 +49,12 @@ impl Fake {
             .lock()
             .unwrap()
             .insert(h.to_vec(), Resolved::Path(path.as_bytes().to_vec()));
+    }
+    fn busy(&self, h: &[u8]) {
+        self.paths
+            .lock()
+            .unwrap()
+            .insert(h.to_vec(), Resolved::Failed(Errno::ENOMEM));
     }
     fn gone(&self, h: &[u8]) {
         self.paths
@@ -78,7 +87,8 @@ fn tracker() -> (Tracker, Fake) {
 }
 
 fn paths(d: &Dirty) -> Vec<(String, bool)> {
-    d.iter()
+    d.paths
+        .iter()
         .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), *v))
         .collect()
 }
@@ -166,6 +176,23 @@ fn removed_directories_are_ignored_their_removal_is_not() {
 }
 
 #[test]
+fn a_busy_directory_is_looked_at_again() {
+    let (mut t, f) = tracker();
+    f.busy(b"BUSY");
+    f.queue(&[(MODIFY, b"BUSY", "f")]);
+    t.drain();
+    assert_eq!(t.len(), 1, "deferred");
+    f.dir(b"BUSY", "/snap/9/fs/now");
+    t.drain();
+    assert_eq!(paths(&t.take().unwrap()), [("now/f".to_string(), false)]);
+    // Still busy when the set is taken: no guess.
+    f.busy(b"BUS2");
+    f.queue(&[(MODIFY, b"BUS2", "f")]);
+    t.drain();
+    assert!(t.take().unwrap_err().contains("ENOMEM"));
+}
+
+#[test]
 fn anything_unknown_makes_it_untrustworthy() {
     // An overflow.
     let (mut t, f) = tracker();
@@ -175,7 +202,9 @@ fn anything_unknown_makes_it_untrustworthy() {
     t.drain();
     assert!(t.take().unwrap_err().contains("overflow"));
     // Once untrustworthy, always.
-    t.put_back(Dirty::from([(b"x".to_vec(), false)]));
+    let mut d = Dirty::default();
+    d.mark(b"x".to_vec(), false);
+    t.put_back(d);
     assert!(t.take().is_err());
     // A handle that cannot be resolved.
     let (mut t, f) = tracker();
@@ -190,11 +219,47 @@ fn anything_unknown_makes_it_untrustworthy() {
         .push_back(build::event(MODIFY, None, b""));
     t.drain();
     assert!(t.take().is_err());
+    // (An event on an inode alone is not one of those.)
+    let (mut t, f) = tracker();
+    let b = build::event_obj(ATTRIB, None, b"", Some((1, b"INOD")));
+    f.reads.lock().unwrap().push_back(b);
+    t.drain();
+    assert!(t.take().unwrap().is_empty());
     // A garbled buffer.
     let (mut t, f) = tracker();
     f.reads.lock().unwrap().push_back(vec![1, 2, 3]);
     t.drain();
     assert!(t.take().unwrap_err().contains("malformed"));
+}
+
+#[test]
+fn inodes_that_get_a_name_are_reported_live() {
+    let (mut t, f) = tracker();
+    let mut b = build::event_obj(CREATE, Some((1, b"SUBD")), b"link", Some((1, b"\x07ino")));
+    // Directories arriving are walked, not looked up by inode.
+    b.extend(build::event_obj(
+        CREATE | ONDIR,
+        Some((1, b"SUBD")),
+        b"dir",
+        Some((1, b"\x08ino")),
+    ));
+    // Outside the tree: nothing. Written: kept too.
+    b.extend(build::event_obj(
+        MODIFY,
+        Some((1, b"SUBD")),
+        b"w",
+        Some((1, b"\x0aino")),
+    ));
+    b.extend(build::event_obj(
+        CREATE,
+        Some((1, b"HOST")),
+        b"x",
+        Some((1, b"\x09ino")),
+    ));
+    f.reads.lock().unwrap().push_back(b);
+    t.drain();
+    let d = t.take().unwrap();
+    assert_eq!(d.inodes, HashSet::from([(1, 7), (1, 10)]));
 }
 
 #[test]
@@ -238,7 +303,7 @@ fn kernel_reports_changes_in_the_tree_only() {
     let d = kernel_dirty(
         &mut t,
         &upper,
-        "chmod 700 d && mkdir d/n && mv d/e d/n/e2 && rm d/n/e2/f",
+        "chmod 700 d && mkdir d/n && mv d/e d/n/e2 && rm d/n/e2/f && touch d/n/e2/g",
     );
     for want in [
         ("d", false),
@@ -254,6 +319,16 @@ fn kernel_reports_changes_in_the_tree_only() {
     }
     let d = kernel_dirty(&mut t, &upper, "chmod 711 .");
     assert_eq!(d, [(String::new(), false)]);
+    // A hardlink made and removed again: the inode it named is reported.
+    run(&format!(
+        "cd {} && ln d/n/e2/g h && echo w >> h && rm h",
+        upper.display()
+    ));
+    t.drain();
+    let d = t.take().unwrap();
+    let g = std::fs::symlink_metadata(upper.join("d/n/e2/g")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(d.inodes.contains(&(g.dev(), g.ino())), "{:?}", d.inodes);
     t.check_mark();
     assert_eq!(t.untrusted(), None);
     assert!(t.read >= t.kept);
