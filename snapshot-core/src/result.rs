@@ -52,6 +52,7 @@ pub struct SnapshotResult {
     /// The new layer (only with `commit_with_wait`).
     pub layer: Option<LayerInfo>,
     /// Where the pause went, and what was done inside it.
+    #[serde(default)]
     pub pause_breakdown: PauseBreakdown,
 }
 

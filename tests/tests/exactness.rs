@@ -59,13 +59,14 @@ fn cycles() -> usize {
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn incremental_windows_are_exact_under_a_random_workload() {
     let rig = Rig::new();
-    rig.run_container("randomw", "mkdir -p /etc/base-dir; while true; do sleep 1; done");
+    rig.run_container(
+        "randomw",
+        "mkdir -p /etc/base-dir; while true; do sleep 1; done",
+    );
     // The workload runs beside the container's init, in its cgroup.
     rig.exec_detached("randomw", &["sh", "-c", WORKLOAD]);
     let w = rig.rootfs("randomw").join("w");
-    let changed = |w: &std::path::Path| {
-        std::fs::read_dir(w).map_or(0, |d| d.count())
-    };
+    let changed = |w: &std::path::Path| std::fs::read_dir(w).map_or(0, |d| d.count());
     wait_until(Duration::from_secs(20), || changed(&w) > 3).expect("the workload does not run");
     // Debug builds: a pause between the last pre-copy pass and the freeze,
     // so that each window has the workload's latest changes to sync.
@@ -106,4 +107,40 @@ fn incremental_windows_are_exact_under_a_random_workload() {
         .commit_with_wait("randomw", &target, Duration::from_secs(120))
         .unwrap();
     assert!(r.manifest_digest.is_some());
+}
+
+#[test]
+#[ignore = "needs root and the test rig (tests/run.sh)"]
+fn an_untrustworthy_tracker_falls_back_to_the_full_compare() {
+    let rig = Rig::new();
+    rig.run_container(
+        "distrust",
+        "mkdir /many; for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do echo $i > /many/$i; done; \
+         i=0; while true; do i=$((i+1)); echo $i > /n; usleep 2000; done",
+    );
+    let n = rig.rootfs("distrust").join("n");
+    wait_until(Duration::from_secs(20), || n.exists()).expect("the writer does not run");
+    // Debug builds: the tracker is distrusted from the start.
+    // SAFETY: set before the commit's threads start; no other thread of
+    // this test reads the environment.
+    unsafe { std::env::set_var("SEAMLESS_FAULT_DISTRUST_TRACKER", "1") };
+    let mut config = rig.config();
+    config.defaults.verify_capture = true;
+    let snap = ContainerdSnapshotter::new(config).unwrap();
+    let r = snap.commit("distrust", &rig.target("distrust", "1"));
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("SEAMLESS_FAULT_DISTRUST_TRACKER") };
+    let r = r.unwrap();
+    let b = &r.pause_breakdown;
+    assert_eq!(b.capture_path, Some(CapturePath::Full));
+    assert!(
+        b.fallback_reason
+            .as_deref()
+            .is_some_and(|w| w.contains("distrusted")),
+        "{b:?}"
+    );
+    assert!(b.verified);
+    assert_eq!(b.precopy_passes, 1, "no passes without a tracker");
+    // A full compare looks at every entry of the layer.
+    assert!(b.entries_checked > 20, "{b:?}");
 }

@@ -18,9 +18,12 @@
 //! Layout: [`meta`] (the stat record change detection compares), [`walk`]
 //! (the fd-relative walk both phases share), [`copier`] (creating one entry:
 //! clone, sparse copy, special files), [`dest`] (capture-side metadata and
-//! removal), [`fail`] (race or real error), [`precopy`] (phase 1) and
-//! [`sync`] (phase 2, the whole frozen path); [`estimate`] counts, before a
-//! capture starts, what it will take.
+//! removal), [`fail`] (race or real error), [`track`] (fanotify dirty
+//! tracking), [`precopy`] (phase 1), [`passes`] (iterative pre-copy over
+//! the dirty set), [`incr`] (phase 2 for the dirty paths only: the frozen
+//! window's fast path), [`sync`] (phase 2 in full: the fallback) and
+//! [`verify`] (the exactness check); [`estimate`] counts, before a capture
+//! starts, what it will take.
 
 mod copier;
 mod dest;

@@ -16,7 +16,9 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::ContainerdSnapshotter;
-use super::fault::{FAULT_HOLD_BEFORE_FREEZE, FAULT_HOLD_FROZEN, fault_hold};
+use super::fault::{
+    FAULT_DISTRUST_TRACKER, FAULT_HOLD_BEFORE_FREEZE, FAULT_HOLD_FROZEN, fault_flag, fault_hold,
+};
 use crate::capture::{Capture, MappedFiles, PhaseStats, Tracker};
 use crate::error::{Error, IoContext, Result};
 use crate::freeze;
@@ -56,7 +58,10 @@ impl ContainerdSnapshotter {
 
         // Dirty tracking, from before the pre-copy: what changes from here
         // on is reported (an untrustworthy tracker means a full compare).
-        let tracker = Tracker::start(upper);
+        let mut tracker = Tracker::start(upper);
+        if fault_flag(FAULT_DISTRUST_TRACKER) {
+            tracker.distrust("distrusted by a test");
+        }
         // Pre-copy: the bulk of the data, while the container runs, with the
         // mappings sampled and the tracker read all along.
         let mut capture = Capture::new(upper, dest)?;

@@ -355,3 +355,62 @@ fn kernel_reports_overlay_copy_up_and_whiteouts() {
         assert!(d.iter().any(|(p, _)| p == want), "{want} in {d:?}");
     }
 }
+
+/// The tracker on each filesystem an upper dir may live on: it either
+/// reports a change made in the tree, or says it cannot be trusted (and the
+/// window compares everything) — never silence.
+#[test]
+#[ignore = "needs root (mounts tmpfs, xfs and btrfs filesystems)"]
+fn every_filesystem_either_reports_or_is_untrustworthy() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let b = tmp.path();
+    let mut seen = Vec::new();
+    for (fs, mk) in [
+        ("tmpfs", None),
+        ("xfs", Some("mkfs.xfs -q -f")),
+        ("btrfs", Some("mkfs.btrfs -q -f")),
+        ("ext4", Some("mkfs.ext4 -q -F")),
+    ] {
+        let mnt = b.join(fs);
+        std::fs::create_dir_all(&mnt).unwrap();
+        match mk {
+            None => run(&format!("mount -t tmpfs tmpfs {}", mnt.display())),
+            Some(mk) => {
+                let img = b.join(format!("{fs}.img"));
+                let f = std::fs::File::create(&img).unwrap();
+                f.set_len(320 << 20).unwrap();
+                let made = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("{mk} {} >/dev/null 2>&1", img.display()))
+                    .status()
+                    .unwrap();
+                if !made.success() {
+                    eprintln!("{fs}: no mkfs here, skipped");
+                    continue;
+                }
+                run(&format!(
+                    "mount -o loop {} {}",
+                    img.display(),
+                    mnt.display()
+                ));
+            }
+        }
+        let upper = mnt.join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        let mut t = Tracker::start(&upper);
+        std::fs::write(upper.join("f"), b"x").unwrap();
+        t.drain();
+        let got = t.take();
+        // Its fds hold the filesystem.
+        drop(t);
+        run(&format!("umount {}", mnt.display()));
+        match got {
+            Ok(d) => {
+                assert!(d.paths.contains_key(b"f".as_slice()), "{fs}: {d:?}");
+                seen.push(format!("{fs}: tracked"));
+            }
+            Err(why) => seen.push(format!("{fs}: untrustworthy ({why})")),
+        }
+    }
+    eprintln!("{}", seen.join("\n"));
+}
