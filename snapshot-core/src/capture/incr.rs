@@ -70,15 +70,7 @@ pub(super) fn sync_dirty(
         src: DirCursor::new(),
         strict,
     };
-    let mut col = Collect {
-        recs: &mut c.recs,
-        forced: &c.forced,
-        gen_: c.gen_,
-        work: Vec::new(),
-        clean_links: Vec::new(),
-        dirty_inodes: HashSet::new(),
-        entries: 0,
-    };
+    let mut col = Collect::new(&mut c.recs, &c.forced, c.gen_);
     let root = c.root.as_fd();
     for (rel, subtree) in dirty.paths {
         pass.look(&c.ctx, root, &mut col, rel, subtree)?;

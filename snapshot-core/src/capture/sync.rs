@@ -98,15 +98,7 @@ fn find_changes(c: &mut Capture) -> Result<(Vec<Item>, u64)> {
     let top = open_beneath(c.root.as_fd(), b"").at("open", &c.ctx.upper)?;
     let taken = now_ns();
     let st = fstat(&top).at("stat", &c.ctx.upper)?;
-    let mut col = Collect {
-        recs: &mut c.recs,
-        forced: &c.forced,
-        gen_: c.gen_,
-        work: Vec::new(),
-        clean_links: Vec::new(),
-        dirty_inodes: HashSet::new(),
-        entries: 0,
-    };
+    let mut col = Collect::new(&mut c.recs, &c.forced, c.gen_);
     col.see(b"", &st, taken);
     walk(&c.ctx, top, st, b"", true, &mut col)?;
     let Collect {
@@ -139,7 +131,24 @@ pub(super) struct Collect<'a> {
     pub(super) entries: u64,
 }
 
-impl Collect<'_> {
+impl<'a> Collect<'a> {
+    /// A visitor comparing with `recs` for walk generation `gen_`.
+    pub(super) fn new(
+        recs: &'a mut BTreeMap<Vec<u8>, Rec>,
+        forced: &'a Forced,
+        gen_: u32,
+    ) -> Collect<'a> {
+        Collect {
+            recs,
+            forced,
+            gen_,
+            work: Vec::new(),
+            clean_links: Vec::new(),
+            dirty_inodes: HashSet::new(),
+            entries: 0,
+        }
+    }
+
     pub(super) fn see(&mut self, rel: &[u8], st: &FileStat, taken: i128) {
         let (meta, atime) = Meta::from_stat(st);
         let dirty = match self.recs.get_mut(rel) {
