@@ -95,6 +95,13 @@ class SnapshotResult:
     def manifest_digest(self) -> Optional[str]: ...
     @property
     def layer(self) -> Optional[LayerInfo]: ...
+    @property
+    def pause_breakdown(self) -> Dict[str, Any]:
+        """The frozen window taken apart: ``freeze``, ``frozen_work``,
+        ``sync``, ``thaw`` (seconds), ``entries_checked``, ``files_copied``,
+        ``bytes_copied``, ``entries_removed``, ``capture_path``
+        (``"incremental"`` or ``"full"``), ``fallback_reason``,
+        ``precopy_passes``, ``verified``."""
     def to_dict(self) -> Dict[str, Any]:
         """JSON-compatible dict (durations in seconds), as the CLI's ``--json``."""
     @classmethod

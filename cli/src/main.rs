@@ -53,6 +53,11 @@ struct CommitArgs {
     /// POSIX ACLs: a name, or a prefix ending in '.' or '*'.
     #[arg(long = "xattr", value_name = "NAME")]
     xattrs: Vec<String>,
+    /// Also compare the whole upper dir with its copy inside the frozen
+    /// window and fail on any difference (for tests and audits: costs a
+    /// full compare in the pause).
+    #[arg(long)]
+    verify_capture: bool,
     /// History comment of the new layer.
     #[arg(long, short = 'm')]
     message: Option<String>,
@@ -187,6 +192,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 compression,
                 insecure_registry,
                 xattrs,
+                verify_capture,
                 message,
                 author,
                 labels,
@@ -223,6 +229,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 author,
                 insecure_registries: insecure_registry,
                 extra_xattrs: xattrs,
+                verify_capture,
             };
             let snap = ContainerdSnapshotter::new(config)?;
             let started = Instant::now();

@@ -186,6 +186,8 @@ fn commit_options(
         author,
         insecure_registries: insecure_registries.unwrap_or_default(),
         extra_xattrs: extra_xattrs.unwrap_or_default(),
+        // A test and audit option: from the configuration's defaults.
+        verify_capture: false,
     })
 }
 

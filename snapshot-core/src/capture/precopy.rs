@@ -10,7 +10,7 @@
 //! through a cursor on its directories (`crate::sys::fs::DirCursor`), which
 //! follows the walk one `openat` per step.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
@@ -67,7 +67,7 @@ pub(super) fn precopy(c: &mut Capture, progress: &mut dyn FnMut(u64)) -> Result<
         gen_: c.gen_,
         pace: c.pace,
     };
-    walk(&c.ctx, top, st, false, &mut v)?;
+    walk(&c.ctx, top, st, b"", false, &mut v)?;
     v.prog.report();
     let mut stats = v.stats;
     stats.duration = start.elapsed();
@@ -84,7 +84,7 @@ struct Pre<'a, 'p> {
     dst: DirCursor,
     /// The capture directory of a first name hardlinks are made to.
     link_src: DirCursor,
-    recs: &'a mut HashMap<Vec<u8>, Rec>,
+    recs: &'a mut BTreeMap<Vec<u8>, Rec>,
     copier: &'a mut Copier,
     /// First path and success of each multiply-linked inode.
     links: HashMap<(u64, u64), (Vec<u8>, bool)>,

@@ -31,6 +31,10 @@ pub(crate) const FAULT_HOLD_BEFORE_CLEANUP: &str = "SEAMLESS_FAULT_HOLD_BEFORE_C
 
 /// Test-only fault injection: `1` skips the free-space check (so that
 /// tests can make the pre-copy itself run out of space).
+/// Debug builds: the dirty tracker is untrustworthy from the start (the
+/// window must then compare everything).
+pub(super) const FAULT_DISTRUST_TRACKER: &str = "SEAMLESS_FAULT_DISTRUST_TRACKER";
+
 pub(super) const FAULT_SKIP_SPACE_CHECK: &str = "SEAMLESS_FAULT_SKIP_SPACE_CHECK";
 
 /// Whether a fault-injection flag is set (`1`); never in a release build.

@@ -347,7 +347,8 @@ impl ContainerdSnapshotter {
             job::discard_capture(&capture_dir);
             writer.fail(e)
         };
-        let (capture, pause, captured_at) = self
+        let verify = self.config.defaults.verify_capture || options.verify_capture;
+        let (capture, pause, captured_at, breakdown) = self
             .capture_frozen(
                 container_id,
                 &mount.upper,
@@ -355,6 +356,7 @@ impl ContainerdSnapshotter {
                 freezer.as_ref(),
                 container.pid,
                 &writer,
+                verify,
             )
             .map_err(abandon)?;
         let capture_time = started.elapsed();
@@ -385,6 +387,7 @@ impl ContainerdSnapshotter {
                 s.state = SnapshotState::Captured;
                 s.timings.capture = Some(capture_time);
                 s.timings.pause = Some(pause.pause);
+                s.pause_breakdown = Some(breakdown.clone());
                 s.progress.done = bytes;
                 s.progress.total = bytes;
             })
@@ -408,6 +411,7 @@ impl ContainerdSnapshotter {
             base_image: base.name,
             manifest_digest: None,
             layer: None,
+            pause_breakdown: breakdown,
         })
     }
 
@@ -514,6 +518,7 @@ fn merge_options(defaults: &CommitOptions, given: &CommitOptions) -> CommitOptio
             o.insecure_registries.push(h.clone());
         }
     }
+    o.verify_capture |= defaults.verify_capture;
     for x in &defaults.extra_xattrs {
         if !o.extra_xattrs.contains(x) {
             o.extra_xattrs.push(x.clone());
