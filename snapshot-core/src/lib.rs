@@ -34,6 +34,7 @@ mod job;
 mod layer;
 mod procfs;
 mod prune;
+mod publish;
 mod registry;
 mod result;
 mod snapshotter;
