@@ -255,3 +255,35 @@ fn malformed_targets_are_refused_before_anything_is_frozen() {
         rig.state_dir_files()
     );
 }
+
+#[test]
+#[ignore = "needs root and the test rig (tests/run.sh)"]
+fn cli_relative_oci_path_with_a_detached_worker() {
+    let rig = Rig::new();
+    writer(&rig, "cli-layout", "relative");
+    let cwd = rig.new_dir("cwd");
+    // Without --wait: a detached worker builds the image from the job spec,
+    // where the path was made absolute against the committer's directory.
+    let target = "oci:rel/layout:cli";
+    let out = check_cmd(rig.cli().current_dir(&cwd).args([
+        "commit",
+        "--container",
+        "cli-layout",
+        "--target",
+        target,
+        "--json",
+    ]));
+    let r: serde_json::Value = serde_json::from_str(&out).expect("commit --json");
+    assert_eq!(r["target_ref"], target);
+    let id = r["snapshot_id"].as_str().expect("snapshot_id").to_string();
+    let st = check_cmd(rig.cli().args(["wait", &id, "--timeout", "120s", "--json"]));
+    let st: serde_json::Value = serde_json::from_str(&st).expect("wait --json");
+    assert_eq!(st["state"], "completed", "{st}");
+    assert_eq!(st["target_ref"], target, "{st}");
+    let layout = cwd.join("rel/layout");
+    assert_eq!(
+        Some(skopeo_digest(&format!("oci:{}:cli", layout.display())).as_str()),
+        st["manifest_digest"].as_str()
+    );
+    assert_same_files(&rig, "cli-layout", &umoci_unpack(&rig, &layout, "cli"));
+}
