@@ -25,6 +25,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::{Descriptor, OCI_INDEX};
 use crate::layer::tar;
 use crate::registry::{BlobSource, PushRequest};
+use crate::state;
 
 /// The annotation naming an image of a layout's index.
 pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -62,7 +63,9 @@ pub(super) async fn write_layout(
     progress(total, total);
 
     let manifest = &req.image.manifest_descriptor;
-    let _lock = lock(dir)?;
+    // Exclusive while the index changes: two commits into one layout never
+    // lose each other's tag.
+    let _lock = state::lock_dir(dir)?;
     let index = dir.join(INDEX_FILE);
     let old = match fs::read(&index) {
         Ok(b) => Some(b),
@@ -71,7 +74,7 @@ pub(super) async fn write_layout(
     };
     let new = updated_index(old.as_deref(), manifest, tag)
         .map_err(|reason| Error::InvalidImage(format!("{}: {reason}", index.display())))?;
-    write_file_atomic(dir, INDEX_FILE, &new)?;
+    state::write_atomic(dir, INDEX_FILE, &new)?;
     tracing::info!(layout = %dir.display(), tag, digest = manifest.digest, "image written to OCI layout");
     Ok(manifest.digest.clone())
 }
@@ -162,7 +165,7 @@ fn prepare_dir(dir: &Path) -> Result<()> {
                     dir.display()
                 )));
             }
-            write_file_atomic(dir, LAYOUT_FILE, br#"{"imageLayoutVersion":"1.0.0"}"#)
+            state::write_atomic(dir, LAYOUT_FILE, br#"{"imageLayoutVersion":"1.0.0"}"#)
         }
         Err(e) => Err(Error::io("read", &marker, e)),
     }
@@ -245,31 +248,6 @@ pub(super) fn updated_index(
     entry.insert("annotations".into(), json!({ REF_NAME: tag }));
     manifests.push(Value::Object(entry));
     serde_json::to_vec(&index).map_err(|e| e.to_string())
-}
-
-/// An exclusive `flock` on the layout directory while its index changes:
-/// two commits into one layout never lose each other's tag.
-fn lock(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
-    let d = fs::File::open(dir).at("open", dir)?;
-    nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, errno)| Error::errno("flock", dir, errno))
-}
-
-/// Writes `dir/name` through a synced temporary file and a rename.
-fn write_file_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp).at("create", &tmp)?;
-        f.write_all(bytes).at("write", &tmp)?;
-        f.sync_all().at("fsync", &tmp)?;
-        let dest = dir.join(name);
-        fs::rename(&tmp, &dest).at("rename", &dest)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    sync_dir(dir);
-    result
 }
 
 /// Makes renames in `dir` durable; best effort.
