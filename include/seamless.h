@@ -79,7 +79,8 @@ typedef enum seamless_result {
      */
     SEAMLESS_UNSUPPORTED = 3,
     /**
-     * `invalid_reference`: the target reference does not parse (nothing was
+     * `invalid_reference`: the target (registry reference, `oci:`,
+     * `oci-archive:` or `containerd:` form) does not parse (nothing was
      * touched).
      */
     SEAMLESS_INVALID_REFERENCE = 4,
@@ -185,7 +186,8 @@ typedef enum seamless_state {
      */
     SEAMLESS_STATE_PUSHING = 4,
     /**
-     * The manifest is in the registry under the target reference.
+     * The image is at its target (registry tag, layout or archive entry,
+     * containerd image).
      */
     SEAMLESS_STATE_COMPLETED = 5,
     /**
@@ -330,9 +332,10 @@ void seamless_client_free(struct seamless_client *client);
 /**
  * Commits a running container: captures its writable layer at one instant
  * and returns as soon as the container is thawed. The image is built and
- * pushed to `target_ref` in the background on the client's runtime; follow
- * it with `seamless_get_status` or `seamless_wait`. Blocks the calling
- * thread for the capture.
+ * pushed to `target_ref` (a registry reference, `oci:PATH[:TAG]`,
+ * `oci-archive:FILE[:TAG]` or `containerd:NAME`) in the background on the
+ * client's runtime; follow it with `seamless_get_status` or
+ * `seamless_wait`. Blocks the calling thread for the capture.
  *
  * Ownership: the strings are only read during the call. On success `*out`
  * is a new result owned by the caller: free it with `seamless_snapshot_free`.

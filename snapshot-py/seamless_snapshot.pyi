@@ -190,7 +190,11 @@ class SeamlessSnapshot:
         insecure_registries: Optional[Sequence[str]] = None,
         extra_xattrs: Optional[Sequence[str]] = None,
     ) -> SnapshotResult:
-        """Captures the container and returns right after the thaw."""
+        """Captures the container and returns right after the thaw.
+
+        ``target_ref``: a registry reference (``registry/repo:tag``),
+        ``oci:PATH[:TAG]``, ``oci-archive:FILE[:TAG]`` or ``containerd:NAME``.
+        """
     def commit_with_wait(
         self,
         container_id: str,

@@ -34,7 +34,10 @@ struct CommitArgs {
     /// The container id.
     #[arg(long)]
     container: String,
-    /// The image reference to push to.
+    /// Where the image goes: a registry reference (REGISTRY/REPO:TAG),
+    /// oci:PATH[:TAG] (an OCI image layout directory), oci-archive:FILE[:TAG]
+    /// (a tar of one) or containerd:NAME (containerd's image store, in
+    /// --namespace).
     #[arg(long)]
     target: String,
     /// Wait until the image is pushed.

@@ -41,7 +41,8 @@ pub enum Error {
     #[error("unsupported root filesystem: {0}")]
     Unsupported(String),
 
-    /// The target (or base) image reference cannot be parsed.
+    /// The target (a registry reference, `oci:`, `oci-archive:` or
+    /// `containerd:` form) or the base image reference cannot be parsed.
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference {
         /// The reference as given.

@@ -31,7 +31,8 @@ use crate::error::{Error, Result};
 use crate::image::{self, Descriptor, History};
 use crate::layer;
 use crate::procfs::idmap::UserNamespace;
-use crate::registry::{self, BlobSource, PushRequest, PushTuning, RegistrySettings};
+use crate::publish::{self, Target};
+use crate::registry::{self, PushRequest, PushTuning, RegistrySettings};
 use crate::snapshotter::fault::{FAULT_HOLD_BEFORE_BUILD, FAULT_HOLD_BEFORE_CLEANUP, fault_hold};
 use crate::state::{self, StatusStore};
 use crate::status::{LayerInfo, SnapshotState, SnapshotStatus, Worker};
@@ -51,8 +52,13 @@ pub(crate) struct JobSpec {
     pub(crate) snapshot_id: String,
     /// The source container.
     pub(crate) container_id: String,
-    /// Where the image goes.
+    /// Where the image goes, as given.
     pub(crate) target_ref: String,
+    /// [`Self::target_ref`] parsed at commit time (paths made absolute
+    /// against the committer's directory). `None` in specs written before
+    /// targets other than registries existed: parsed from `target_ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) target: Option<Target>,
     /// containerd's socket (to read base layers from its content store).
     pub(crate) containerd_address: String,
     /// The containerd namespace.
@@ -188,11 +194,15 @@ pub(crate) async fn connect_and_run(spec: JobSpec, store: StatusStore) -> Result
 
 /// Runs a captured job to completion: build, assemble, push, clean up.
 /// The final state (completed or failed) is always written.
-async fn run(spec: JobSpec, store: StatusStore, base: &dyn BlobSource) -> Result<SnapshotStatus> {
+async fn run(
+    spec: JobSpec,
+    store: StatusStore,
+    containerd: &ContainerdClient,
+) -> Result<SnapshotStatus> {
     let mut status = store.read(&spec.snapshot_id)?;
     status.worker = Worker::current();
     let writer = std::sync::Arc::new(StatusWriter::new(store.clone(), status)?);
-    let outcome = run_inner(&spec, &store, &writer, base).await;
+    let outcome = run_inner(&spec, &store, &writer, containerd).await;
     let blob = store.job_dir(&spec.snapshot_id).join(BLOB_FILE);
     match outcome {
         Ok(pushed) => {
@@ -241,8 +251,12 @@ async fn run_inner(
     spec: &JobSpec,
     store: &StatusStore,
     writer: &std::sync::Arc<StatusWriter>,
-    base: &dyn BlobSource,
+    containerd: &ContainerdClient,
 ) -> Result<Pushed> {
+    let target = match &spec.target {
+        Some(t) => t.clone(),
+        None => Target::parse(&spec.target_ref)?,
+    };
     // Build the layer (blocking file work) off the async threads.
     let started = Instant::now();
     let total = dir_content_bytes(&spec.capture_dir);
@@ -359,9 +373,13 @@ async fn run_inner(
         tuning: spec.push.clone(),
     };
     let w = writer.clone();
-    let digest = registry::push_image(&request, &settings, base, &move |done, total| {
-        w.progress(done, total)
-    })
+    let digest = publish::publish(
+        &target,
+        &request,
+        &settings,
+        containerd,
+        &move |done, total| w.progress(done, total),
+    )
     .await?;
     Ok(Pushed {
         digest,

@@ -34,6 +34,7 @@ mod job;
 mod layer;
 mod procfs;
 mod prune;
+mod publish;
 mod registry;
 mod result;
 mod snapshotter;
@@ -68,6 +69,12 @@ pub trait SeamlessSnapshot: Send + Sync {
     /// Captures the container's writable layer at one instant and returns as
     /// soon as the container is thawed. The layer is built and pushed to
     /// `target_ref` in the background; follow it with [`Self::get_status`].
+    ///
+    /// `target_ref` is a registry reference (`registry/repo:tag`),
+    /// `oci:PATH[:TAG]` (an OCI image layout directory), `oci-archive:FILE[:TAG]`
+    /// (a tar of one, replaced atomically) or `containerd:NAME` (containerd's
+    /// image store, in the configured namespace); a malformed one is
+    /// [`ErrorKind::InvalidReference`] before anything is touched.
     fn commit(&self, container_id: &str, target_ref: &str) -> Result<SnapshotResult>;
 
     /// Like [`Self::commit`], then waits until the image is pushed.

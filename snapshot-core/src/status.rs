@@ -70,7 +70,8 @@ pub enum SnapshotState {
     Building,
     /// Uploading blobs and the manifest.
     Pushing,
-    /// The manifest is in the registry under the target reference.
+    /// The image is at its target (registry tag, layout or archive entry,
+    /// containerd image).
     Completed,
     /// The snapshot failed; see `error`.
     Failed,

@@ -275,9 +275,10 @@ pub unsafe extern "C" fn seamless_client_free(client: *mut seamless_client) {
 
 /// Commits a running container: captures its writable layer at one instant
 /// and returns as soon as the container is thawed. The image is built and
-/// pushed to `target_ref` in the background on the client's runtime; follow
-/// it with `seamless_get_status` or `seamless_wait`. Blocks the calling
-/// thread for the capture.
+/// pushed to `target_ref` (a registry reference, `oci:PATH[:TAG]`,
+/// `oci-archive:FILE[:TAG]` or `containerd:NAME`) in the background on the
+/// client's runtime; follow it with `seamless_get_status` or
+/// `seamless_wait`. Blocks the calling thread for the capture.
 ///
 /// Ownership: the strings are only read during the call. On success `*out`
 /// is a new result owned by the caller: free it with `seamless_snapshot_free`.

@@ -27,7 +27,8 @@ pub enum seamless_result {
     /// `unsupported`: its root filesystem is not kernel overlayfs (or uses
     /// `redirect_dir`/`metacopy`), or there is no usable freezer cgroup.
     SEAMLESS_UNSUPPORTED = 3,
-    /// `invalid_reference`: the target reference does not parse (nothing was
+    /// `invalid_reference`: the target (registry reference, `oci:`,
+    /// `oci-archive:` or `containerd:` form) does not parse (nothing was
     /// touched).
     SEAMLESS_INVALID_REFERENCE = 4,
     /// `registry_unauthorized`: the registry refused the credentials.

@@ -62,7 +62,8 @@ pub enum seamless_state {
     SEAMLESS_STATE_BUILDING = 3,
     /// Uploading blobs and the manifest.
     SEAMLESS_STATE_PUSHING = 4,
-    /// The manifest is in the registry under the target reference.
+    /// The image is at its target (registry tag, layout or archive entry,
+    /// containerd image).
     SEAMLESS_STATE_COMPLETED = 5,
     /// The snapshot failed; the status JSON has `error`.
     SEAMLESS_STATE_FAILED = 6,

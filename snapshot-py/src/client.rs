@@ -306,7 +306,10 @@ impl Client {
     ///
     /// Args:
     ///     container_id: the containerd container id.
-    ///     target_ref: the image reference to push to.
+    ///     target_ref: where the image goes: a registry reference
+    ///         (``registry/repo:tag``), ``oci:PATH[:TAG]`` (an OCI image
+    ///         layout directory), ``oci-archive:FILE[:TAG]`` (a tar of one)
+    ///         or ``containerd:NAME`` (containerd's image store).
     ///     compression: ``"gzip"`` (default), ``"zstd"`` or ``"none"``.
     ///     labels: added to the image config's labels.
     ///     annotations: added to the manifest's annotations.

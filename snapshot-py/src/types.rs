@@ -127,7 +127,8 @@ value_class! {
         &self.inner.container_id
     }
 
-    /// The image reference pushed to.
+    /// The target, as given (registry reference, ``oci:``, ``oci-archive:``
+    /// or ``containerd:`` form).
     #[getter]
     fn target_ref(&self) -> &str {
         &self.inner.target_ref

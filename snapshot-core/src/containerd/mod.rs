@@ -149,14 +149,23 @@ impl ContainerdClient {
         })
     }
 
-    fn request<T>(&self, msg: T) -> Request<T> {
+    /// The gRPC client, for the one writer outside this module
+    /// (`publish::containerd_import`, which stores a new image): everything
+    /// here only reads.
+    pub(crate) fn grpc(&self) -> &containerd_client::Client {
+        &self.client
+    }
+
+    /// A request carrying this client's namespace.
+    pub(crate) fn request<T>(&self, msg: T) -> Request<T> {
         let mut req = Request::new(msg);
         req.metadata_mut()
             .insert("containerd-namespace", self.namespace.clone());
         req
     }
 
-    fn rpc_error(&self, what: &str, status: &tonic::Status) -> Error {
+    /// An [`Error::Containerd`] naming this client's address.
+    pub(crate) fn rpc_error(&self, what: &str, status: &tonic::Status) -> Error {
         Error::Containerd {
             address: self.address.clone(),
             message: format!("{what}: {} ({:?})", status.message(), status.code()),

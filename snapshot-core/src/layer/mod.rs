@@ -16,7 +16,7 @@
 
 mod compress;
 mod owners;
-mod tar;
+pub(crate) mod tar;
 #[cfg(test)]
 mod tests;
 mod walk;

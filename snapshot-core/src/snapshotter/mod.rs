@@ -30,7 +30,8 @@ use crate::freeze;
 use crate::job::{self, JobSpec, StatusWriter};
 use crate::procfs::idmap::UserNamespace;
 use crate::prune;
-use crate::registry::{self, PushTuning};
+use crate::publish::Target;
+use crate::registry::PushTuning;
 use crate::result::SnapshotResult;
 use crate::space;
 use crate::state::{self, StatusStore, ensure_private_dir, lock_file, try_lock_dir};
@@ -292,7 +293,7 @@ impl ContainerdSnapshotter {
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
         // Reject a bad target before anything is touched.
-        registry::parse_reference(target_ref)?;
+        let target = Target::parse(target_ref)?;
         let (client, container, mount, base, pids) = self.runtime()?.block_on(async {
             let client = ContainerdClient::connect(
                 &self.config.containerd_address,
@@ -366,6 +367,7 @@ impl ContainerdSnapshotter {
             snapshot_id: id.clone(),
             container_id: container_id.to_string(),
             target_ref: target_ref.to_string(),
+            target: Some(target),
             containerd_address: self.config.containerd_address.clone(),
             namespace: self.config.namespace.clone(),
             base_image: base.name.clone(),

@@ -12,5 +12,7 @@ mod wait;
 pub(crate) use private::{PRIVATE_SUBDIR, check_trusted_path, private_root_in, private_subdir};
 #[cfg(test)]
 pub(crate) use store::validate_id;
-pub(crate) use store::{StatusStore, ensure_private_dir, lock_file, try_lock_dir, write_atomic};
+pub(crate) use store::{
+    StatusStore, ensure_private_dir, lock_dir, lock_file, try_lock_dir, write_atomic,
+};
 pub(crate) use wait::{dead_worker, effective_status, wait_for};

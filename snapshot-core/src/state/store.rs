@@ -256,7 +256,7 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
 
 /// An exclusive, blocking `flock` on the directory itself (no lock file to
 /// leave behind); released on drop or when the process dies.
-fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
     let d = fs::File::open(dir).at("open", dir)?;
     nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| Error::errno("flock", dir, errno))
