@@ -63,8 +63,18 @@ pub struct Config {
     /// when it is exceeded (and the capture is then discarded).
     pub max_pause: Duration,
     /// Path of a docker `config.json` for registry credentials. `None`: the
-    /// default lookup (`$DOCKER_CONFIG`, `~/.docker/config.json`).
+    /// default lookup (`$DOCKER_CONFIG`, `~/.docker/config.json`). For each
+    /// registry: its `credHelpers` entry, else `credsStore`, else its
+    /// `auths` entry; a helper's "credentials not found" is anonymous.
     pub docker_config: Option<PathBuf>,
+    /// CA certificate files (PEM) trusted for every registry, on top of the
+    /// system's roots and those found in `registry_certs_dirs`.
+    pub registry_ca: Vec<PathBuf>,
+    /// Directories in containerd's and docker's `certs.d` layout searched
+    /// for a registry's CA certificates: in `<dir>/<host:port>/` (or
+    /// `docker.io/`, or `_default/`), every `*.crt` and the `ca` entries of
+    /// `hosts.toml`. Missing directories are skipped.
+    pub registry_certs_dirs: Vec<PathBuf>,
     /// How many times a transient registry error is retried.
     pub push_retries: u32,
     /// Keep the capture directory and blob when a job fails (for a retry or a
@@ -91,6 +101,15 @@ impl Config {
     pub const DEFAULT_CONTAINERD_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default state directory (job records, capture directories, blobs).
     pub const DEFAULT_STATE_DIR: &str = "/var/lib/seamless-snapshot";
+
+    /// Default `registry_certs_dirs`: `/etc/containerd/certs.d`, then
+    /// `/etc/docker/certs.d`.
+    pub fn default_registry_certs_dirs() -> Vec<PathBuf> {
+        crate::registry::DEFAULT_CERTS_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect()
+    }
 }
 
 impl Default for Config {
@@ -104,6 +123,8 @@ impl Default for Config {
             freeze_timeout: Duration::from_secs(2),
             max_pause: Duration::from_secs(10),
             docker_config: None,
+            registry_ca: Vec::new(),
+            registry_certs_dirs: Self::default_registry_certs_dirs(),
             push_retries: 4,
             keep_failed: true,
             keep_finished_for: None,

@@ -80,6 +80,12 @@ pub(crate) struct JobSpec {
     pub(crate) options: CommitOptions,
     /// Docker config for credentials.
     pub(crate) docker_config: Option<PathBuf>,
+    /// CA files trusted for every registry.
+    #[serde(default)]
+    pub(crate) registry_ca: Vec<PathBuf>,
+    /// `certs.d` roots.
+    #[serde(default = "crate::config::Config::default_registry_certs_dirs")]
+    pub(crate) registry_certs_dirs: Vec<PathBuf>,
     /// Retries of transient registry errors.
     pub(crate) push_retries: u32,
     /// Keep the capture directory and blob after a failure.
@@ -331,6 +337,8 @@ async fn run_inner(
     let settings = RegistrySettings {
         insecure: spec.options.insecure_registries.clone(),
         docker_config: spec.docker_config.clone(),
+        ca_files: spec.registry_ca.clone(),
+        certs_dirs: spec.registry_certs_dirs.clone(),
         retries: spec.push_retries,
     };
     let w = writer.clone();

@@ -90,6 +90,15 @@ pub(super) fn plain_http_registries(insecure: &[String], registries: &[&str]) ->
     out
 }
 
+/// The URL scheme of `registry` given the plain-HTTP ones.
+pub(super) fn scheme_for(plain_http: &[String], registry: &str) -> &'static str {
+    if plain_http.iter().any(|p| p == registry) {
+        "http"
+    } else {
+        "https"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,10 +20,12 @@ use oci_client::{Client, Reference, RegistryOperation};
 use tokio_util::io::ReaderStream;
 
 use super::RegistrySettings;
-use super::auth::registry_auth;
-use super::reference::plain_http_registries;
+use super::auth::{Access, push_scopes};
+use super::credentials;
+use super::reference::{plain_http_registries, scheme_for};
 use super::retry::{Class, Failure, classify, error_chain, retry};
 use super::source::{BlobSource, LayerData, Origin};
+use super::tls;
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
 
@@ -52,6 +54,12 @@ async fn with_ticks<F: Future>(fut: F, tick: impl Fn()) -> F::Output {
 /// Shared state of one push.
 pub(super) struct Pusher<'a> {
     client: Client,
+    /// Our own requests (token handshake of the base's registry).
+    http: reqwest::Client,
+    /// Registries reached over plain HTTP.
+    plain_http: Vec<String>,
+    /// The target's authorization, for cross-repository mounts.
+    access: Access,
     target: Reference,
     target_registry: String,
     source: Option<Reference>,
@@ -76,13 +84,12 @@ impl<'a> Pusher<'a> {
         if let Some(s) = &source {
             hosts.push(s.resolve_registry());
         }
-        // Installing twice is harmless; Client::new panics without a provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        tls::install_crypto_provider();
+        let plain_http = plain_http_registries(&settings.insecure, &hosts);
+        let roots = tls::extra_roots(&settings.ca_files, &settings.certs_dirs, &hosts)?;
         let client_config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain_http_registries(
-                &settings.insecure,
-                &hosts,
-            )),
+            protocol: ClientProtocol::HttpsExcept(plain_http.clone()),
+            extra_root_certificates: tls::oci_certificates(&roots),
             // One PUT per blob, as containerd does: works with registries that
             // mishandle chunked uploads.
             use_monolithic_push: true,
@@ -92,24 +99,38 @@ impl<'a> Pusher<'a> {
         };
         let client = Client::try_from(client_config)
             .map_err(|e| Error::Internal(format!("registry client: {}", error_chain(&e))))?;
+        let http = tls::http_client(&roots)?;
 
-        let auth = registry_auth(target.registry(), settings.docker_config.as_deref()).await?;
-        retry(
+        let credential =
+            credentials::resolve(target.registry(), settings.docker_config.as_deref()).await?;
+        let scopes = push_scopes(&target, source.as_ref());
+        let access = retry(
             settings.retries,
             &target_registry,
             "authenticate",
             || async {
+                let access = Access::negotiate(
+                    &http,
+                    scheme_for(&plain_http, &target_registry),
+                    &target_registry,
+                    &credential,
+                    &scopes,
+                )
+                .await?;
                 client
-                    .auth(&target, &auth, RegistryOperation::Push)
+                    .auth(&target, &access.registry_auth(), RegistryOperation::Push)
                     .await
-                    .map(|_| ())
-                    .map_err(Failure::Oci)
+                    .map_err(Failure::Oci)?;
+                Ok(access)
             },
         )
         .await?;
 
         Ok(Pusher {
             client,
+            http,
+            plain_http,
+            access,
             target,
             target_registry,
             source,
@@ -142,8 +163,8 @@ impl<'a> Pusher<'a> {
     }
 
     /// Tries a cross-repository mount from the base image's repository.
-    /// Any failure (including the registry answering 202 = no mount) only
-    /// means "upload it instead".
+    /// Any failure (including the registry answering 202 = no mount, whose
+    /// upload session is then cancelled) only means "upload it instead".
     pub(super) async fn try_mount(&self, digest: &str) -> bool {
         let Some(src) = &self.source else {
             return false;
@@ -153,26 +174,29 @@ impl<'a> Pusher<'a> {
         {
             return false;
         }
-        match self.client.mount_blob(&self.target, src, digest).await {
-            Ok(()) => {
-                tracing::debug!(digest, from = src.repository(), "blob mounted");
-                true
-            }
-            Err(e) => {
-                tracing::debug!(digest, error = %error_chain(&e), "cross-repository mount refused; uploading");
-                false
-            }
-        }
+        self.access
+            .mount(self.target.repository(), src.repository(), digest)
+            .await
     }
 
     async fn auth_source(&self, src: &Reference) -> std::result::Result<(), Failure> {
         self.source_auth
             .get_or_try_init(|| async {
-                let auth = registry_auth(src.registry(), self.settings.docker_config.as_deref())
-                    .await
-                    .map_err(Failure::Fatal)?;
+                let credential =
+                    credentials::resolve(src.registry(), self.settings.docker_config.as_deref())
+                        .await
+                        .map_err(Failure::Fatal)?;
+                let registry = src.resolve_registry();
+                let access = Access::negotiate(
+                    &self.http,
+                    scheme_for(&self.plain_http, registry),
+                    registry,
+                    &credential,
+                    &[format!("repository:{}:pull", src.repository())],
+                )
+                .await?;
                 self.client
-                    .auth(src, &auth, RegistryOperation::Pull)
+                    .auth(src, &access.registry_auth(), RegistryOperation::Pull)
                     .await
                     .map(|_| ())
                     .map_err(Failure::Oci)
