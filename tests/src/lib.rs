@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use seamless_snapshot::Config;
 
 pub mod layer_tar;
+pub mod registries;
 
 /// The name under which the base image is imported into each namespace.
 pub const BASE_IMAGE: &str = "seamless.test/base:latest";
