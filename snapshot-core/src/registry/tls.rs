@@ -26,6 +26,7 @@ use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use super::credentials::normalize;
+use super::reference::{plain_for_loopback_only, plain_http_registries};
 use crate::error::{Error, Result};
 
 /// Where containerd and docker keep per-registry certificates.
@@ -34,6 +35,8 @@ pub(crate) const DEFAULT_CERTS_DIRS: [&str; 2] = ["/etc/containerd/certs.d", "/e
 /// Timeouts of our own small requests (ping, token, mount).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a loopback registry has to answer whether it speaks TLS.
+const TLS_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Makes sure rustls has its crypto provider: reqwest and oci-client are
 /// built without one, and panic without it. Installing twice is harmless.
@@ -207,12 +210,48 @@ pub(super) fn http_client(roots: &[CertificateDer<'_>]) -> Result<reqwest::Clien
         .map_err(|e| Error::Internal(format!("registry HTTP client: {e}")))
 }
 
-/// The TLS failure somewhere in `e`'s cause chain, if any.
-pub(super) fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// The registries of `hosts` to reach over plain HTTP: those listed in
+/// `insecure`, and loopback ones that do not answer TLS (a loopback
+/// registry serving TLS is reached over TLS, its certificate checked).
+pub(super) async fn plain_http(
+    http: &reqwest::Client,
+    insecure: &[String],
+    hosts: &[&str],
+) -> Vec<String> {
+    let mut plain = plain_http_registries(insecure, hosts);
+    for h in hosts {
+        if plain.iter().any(|p| p == h)
+            && plain_for_loopback_only(insecure, h)
+            && speaks_tls(http, h).await
+        {
+            tracing::debug!(registry = h, "loopback registry serves TLS");
+            plain.retain(|p| p != h);
+        }
+    }
+    plain
+}
+
+/// Whether `registry` answers a TLS handshake. A certificate we do not
+/// trust still counts (the push then fails saying so); a server answering
+/// in plain text, refusing the connection or silent does not.
+async fn speaks_tls(http: &reqwest::Client, registry: &str) -> bool {
+    let res = http
+        .get(format!("https://{registry}/v2/"))
+        .timeout(TLS_PROBE_TIMEOUT)
+        .send()
+        .await;
+    match res {
+        Ok(_) => true,
+        Err(e) => rustls_error(&e).is_some_and(|t| !matches!(t, rustls::Error::InvalidMessage(_))),
+    }
+}
+
+/// The rustls error somewhere in `e`'s cause chain.
+fn rustls_error(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
     let mut next = Some(e);
     while let Some(err) = next {
         if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            return Some(t.to_string());
+            return Some(t.clone());
         }
         // io::Error's source() skips the error it wraps: look inside.
         if let Some(t) = err
@@ -220,11 +259,16 @@ pub(super) fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<Strin
             .and_then(|io| io.get_ref())
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(t.to_string());
+            return Some(t.clone());
         }
         next = err.source();
     }
     None
+}
+
+/// The TLS failure somewhere in `e`'s cause chain, if any.
+pub(super) fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    rustls_error(e).map(|t| t.to_string())
 }
 
 /// The error of a failed TLS handshake with `registry`: one line, saying

@@ -22,7 +22,7 @@ use tokio_util::io::ReaderStream;
 use super::RegistrySettings;
 use super::auth::{Access, push_scopes};
 use super::credentials;
-use super::reference::{plain_http_registries, scheme_for};
+use super::reference::scheme_for;
 use super::retry::{Class, Failure, classify, error_chain, retry};
 use super::source::{BlobSource, LayerData, Origin};
 use super::tls;
@@ -84,9 +84,9 @@ impl<'a> Pusher<'a> {
         if let Some(s) = &source {
             hosts.push(s.resolve_registry());
         }
-        tls::install_crypto_provider();
-        let plain_http = plain_http_registries(&settings.insecure, &hosts);
         let roots = tls::extra_roots(&settings.ca_files, &settings.certs_dirs, &hosts)?;
+        let http = tls::http_client(&roots)?;
+        let plain_http = tls::plain_http(&http, &settings.insecure, &hosts).await;
         let client_config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(plain_http.clone()),
             extra_root_certificates: tls::oci_certificates(&roots),
@@ -99,7 +99,6 @@ impl<'a> Pusher<'a> {
         };
         let client = Client::try_from(client_config)
             .map_err(|e| Error::Internal(format!("registry client: {}", error_chain(&e))))?;
-        let http = tls::http_client(&roots)?;
 
         let credential =
             credentials::resolve(target.registry(), settings.docker_config.as_deref()).await?;
