@@ -242,7 +242,10 @@ async fn speaks_tls(http: &reqwest::Client, registry: &str) -> bool {
         .await;
     match res {
         Ok(_) => true,
-        Err(e) => rustls_error(&e).is_some_and(|t| !matches!(t, rustls::Error::InvalidMessage(_))),
+        Err(e) => {
+            tracing::debug!(registry, error = ?e, "TLS probe");
+            rustls_error(&e).is_some_and(|t| !matches!(t, rustls::Error::InvalidMessage(_)))
+        }
     }
 }
 
@@ -250,16 +253,17 @@ async fn speaks_tls(http: &reqwest::Client, registry: &str) -> bool {
 fn rustls_error(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
     let mut next = Some(e);
     while let Some(err) = next {
-        if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            return Some(t.clone());
-        }
-        // io::Error's source() skips the error it wraps: look inside.
-        if let Some(t) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(t.clone());
+        // io::Error's source() skips the error it wraps (hyper's connector
+        // wraps rustls' io::Error in another): look inside, at every depth.
+        let mut inner = Some(err);
+        while let Some(i) = inner {
+            if let Some(t) = i.downcast_ref::<rustls::Error>() {
+                return Some(t.clone());
+            }
+            inner = i
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|r| r as &(dyn std::error::Error + 'static));
         }
         next = err.source();
     }

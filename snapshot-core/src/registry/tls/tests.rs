@@ -112,7 +112,8 @@ fn ca_files_are_checked() {
 #[test]
 fn tls_failures_are_found_in_the_chain() {
     let inner = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
-    let io = std::io::Error::other(inner);
+    // As hyper's connector has it: rustls' io::Error inside another.
+    let io = std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, inner));
     #[derive(Debug)]
     struct Outer(std::io::Error);
     impl std::fmt::Display for Outer {
