@@ -158,6 +158,8 @@ class SeamlessSnapshot:
         max_pause: Optional[_Seconds] = None,
         push_retries: Optional[int] = None,
         keep_failed: Optional[bool] = None,
+        registry_ca: Optional[Sequence[_Path]] = None,
+        registry_certs_dirs: Optional[Sequence[_Path]] = None,
     ) -> None: ...
     @property
     def address(self) -> str: ...

@@ -193,7 +193,8 @@ pub unsafe extern "C" fn seamless_client_new(
 /// `{"containerd_address": "...", "namespace": "...", "state_dir": "...",
 /// "capture_root": null, "freeze_timeout": {"secs": 2, "nanos": 0},
 /// "max_pause": {"secs": 10, "nanos": 0}, "docker_config": null,
-/// "push_retries": 4, "keep_failed": true, "background": {"mode":
+/// "registry_ca": ["/path/ca.pem"], "registry_certs_dirs":
+/// ["/etc/containerd/certs.d", "/etc/docker/certs.d"], "push_retries": 4, "keep_failed": true, "background": {"mode":
 /// "in_process"}, "defaults": {...options as in
 /// seamless_commit_with_options...}}`.
 ///

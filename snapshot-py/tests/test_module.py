@@ -160,6 +160,17 @@ def test_bad_arguments(tmp_path):
     assert c.list() == []
 
 
+def test_registry_tls_options(tmp_path):
+    c = ss.SeamlessSnapshot(address=str(tmp_path / "no.sock"), namespace="x",
+                            state_dir=tmp_path / "state",
+                            registry_ca=[tmp_path / "ca.pem"],
+                            registry_certs_dirs=[str(tmp_path / "certs.d")])
+    assert c.namespace == "x"
+    with pytest.raises(TypeError):
+        ss.SeamlessSnapshot(address=str(tmp_path / "no.sock"),
+                            state_dir=tmp_path / "state", registry_ca="ca.pem")
+
+
 def test_defaults():
     assert ss.DEFAULT_CONTAINERD_ADDRESS == "/run/containerd/containerd.sock"
     assert ss.DEFAULT_NAMESPACE == "default"
