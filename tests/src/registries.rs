@@ -220,6 +220,7 @@ struct Signer {
     issuer: String,
     users: BTreeMap<String, String>,
     refresh_tokens: BTreeMap<String, String>,
+    lifetime: i64,
 }
 
 fn b64url(data: &[u8]) -> String {
@@ -265,7 +266,7 @@ impl Signer {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
-            .as_secs();
+            .as_secs() as i64;
         let access: Vec<serde_json::Value> = scopes
             .iter()
             .filter_map(|s| {
@@ -280,7 +281,7 @@ impl Signer {
         let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [self.cert_b64]});
         let claims = serde_json::json!({
             "iss": self.issuer, "sub": subject, "aud": self.service,
-            "exp": now + 600, "nbf": now - 60, "iat": now,
+            "exp": now + self.lifetime, "nbf": now - 120, "iat": now - 120,
             "jti": format!("{subject}-{now}-{}", scopes.len()),
             "access": access,
         });
@@ -435,11 +436,24 @@ fn serve(
 impl TokenServer {
     /// Starts a token server in `dir` (its key and certificate are made
     /// there) accepting `users` (name, password) on `GET` and
-    /// `refresh_tokens` (token, user) on `POST`.
+    /// `refresh_tokens` (token, user) on `POST`; its tokens expire after 10
+    /// minutes.
     pub fn start(
         dir: &Path,
         users: &[(&str, &str)],
         refresh_tokens: &[(&str, &str)],
+    ) -> TokenServer {
+        Self::start_with_lifetime(dir, users, refresh_tokens, 600)
+    }
+
+    /// [`Self::start`] with tokens whose `exp` is `lifetime` seconds from
+    /// their issue (negative: already expired for a client, still accepted
+    /// by docker-registry within its 60 s leeway).
+    pub fn start_with_lifetime(
+        dir: &Path,
+        users: &[(&str, &str)],
+        refresh_tokens: &[(&str, &str)],
+        lifetime: i64,
     ) -> TokenServer {
         std::fs::create_dir_all(dir).unwrap();
         openssl(
@@ -492,6 +506,7 @@ impl TokenServer {
                 .iter()
                 .map(|(t, u)| (t.to_string(), u.to_string()))
                 .collect(),
+            lifetime,
         });
         let log: Arc<Mutex<Vec<TokenRequest>>> = Arc::default();
         let (s, l) = (signer.clone(), log.clone());

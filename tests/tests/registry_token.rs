@@ -23,8 +23,18 @@ fn token_registry(
     users: &[(&str, &str)],
     refresh: &[(&str, &str)],
 ) -> (TokenServer, TestRegistry) {
+    token_registry_with(rig, users, refresh, 600)
+}
+
+/// [`token_registry`] with tokens living `lifetime` seconds.
+fn token_registry_with(
+    rig: &Rig,
+    users: &[(&str, &str)],
+    refresh: &[(&str, &str)],
+    lifetime: i64,
+) -> (TokenServer, TestRegistry) {
     let dir = rig.new_dir("token-registry");
-    let tokens = TokenServer::start(&dir.join("token"), users, refresh);
+    let tokens = TokenServer::start_with_lifetime(&dir.join("token"), users, refresh, lifetime);
     let reg = TestRegistry::start(&dir.join("registry"), &tokens.auth_yaml(), None);
     (tokens, reg)
 }
@@ -260,4 +270,37 @@ fn a_refused_mount_closes_its_upload_session() {
     assert_eq!(cancelled, mounts.len(), "{requests:#?}");
     let pushed = rig.inspect_raw(&target);
     assert!(pushed["layers"].as_array().is_some_and(|l| l.len() > 1));
+}
+
+#[test]
+#[ignore = "needs root and the test rig (tests/run.sh)"]
+fn expired_tokens_are_renewed_with_the_credentials() {
+    let rig = Rig::new();
+    rig.run_container("renew", "echo r > /f && while true; do sleep 1; done");
+    // Tokens that read as expired at once (the registry still takes them,
+    // within its 60 s leeway): every request of the push needs a new one.
+    let (tokens, reg) = token_registry_with(&rig, &[("pusher", "pw")], &[], -30);
+    let auth = base64::engine::general_purpose::STANDARD.encode("pusher:pw");
+    let cfg = docker_config(
+        &rig,
+        &format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", reg.addr),
+    );
+    let snap = ContainerdSnapshotter::new(Config {
+        docker_config: Some(cfg),
+        ..rig.config()
+    })
+    .unwrap();
+    let target = format!("{}/{}/renew:1", reg.addr, rig.ns());
+    snap.commit_with_wait("renew", &target, PUSH_TIMEOUT)
+        .unwrap();
+    let requests = tokens.requests();
+    // The push's own token, then renewals: each with the user name and
+    // password, none anonymous.
+    assert!(requests.len() > 1, "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .all(|t| t.method == "GET" && t.user.as_deref() == Some("pusher") && t.status == 200),
+        "{requests:?}"
+    );
 }

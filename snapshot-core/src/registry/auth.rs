@@ -14,7 +14,10 @@
 //!
 //! Credentials never go to a plain-HTTP token endpoint of an HTTPS
 //! registry. The token is handed to oci-client, which uses it for the
-//! push's requests; [`Access::mount`] uses it for cross-repository mounts.
+//! push's requests and, once it expires, fetches new ones itself with the
+//! user name and password ([`Access::install`]); [`Access::mount`] uses it
+//! for cross-repository mounts. A token got for an identity token cannot be
+//! renewed that way: a push outliving it must negotiate again.
 
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
@@ -154,6 +157,10 @@ pub(super) struct Access {
     base: String,
     registry: String,
     authorization: Authorization,
+    /// What oci-client keeps to renew an expired token by itself: the
+    /// user name and password (or nothing, for anonymous tokens); a token
+    /// it cannot renew otherwise.
+    renewal: Authorization,
 }
 
 impl Access {
@@ -222,6 +229,13 @@ impl Access {
                 Authorization::Anonymous
             }
         };
+        let renewal = match (&challenge, credential, &authorization) {
+            (Challenge::Bearer { .. }, Credential::Basic { username, password }, _) => {
+                Authorization::Basic(username.clone(), password.clone())
+            }
+            (Challenge::Bearer { .. }, Credential::Anonymous, _) => Authorization::Anonymous,
+            (_, _, a) => a.clone(),
+        };
         tracing::debug!(
             registry,
             ?challenge,
@@ -234,17 +248,28 @@ impl Access {
             base,
             registry: registry.to_string(),
             authorization,
+            renewal,
         })
     }
 
-    /// The authorization as oci-client takes it (a bearer token is used as
-    /// it is, for every request of the push).
-    pub(super) fn registry_auth(&self) -> RegistryAuth {
-        match &self.authorization {
-            Authorization::Anonymous => RegistryAuth::Anonymous,
-            Authorization::Basic(u, p) => RegistryAuth::Basic(u.clone(), p.clone()),
-            Authorization::Bearer(t) => RegistryAuth::Bearer(t.clone()),
-        }
+    /// Hands the authorization to oci-client for `image`'s requests of
+    /// `operation`: the push's token is used as it is until it expires;
+    /// then oci-client fetches a new one itself with the credentials kept
+    /// for renewal (for the target's repository only: mounts come first).
+    /// The first credentials stored for a registry stay, as in oci-client.
+    pub(super) async fn install(
+        &self,
+        client: &oci_client::Client,
+        image: &oci_client::Reference,
+        operation: oci_client::RegistryOperation,
+    ) -> std::result::Result<(), OciDistributionError> {
+        client
+            .store_auth_if_needed(image.resolve_registry(), &oci_auth(&self.renewal))
+            .await;
+        client
+            .auth(image, &oci_auth(&self.authorization), operation)
+            .await
+            .map(|_| ())
     }
 
     fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -310,6 +335,14 @@ impl Access {
                 false
             }
         }
+    }
+}
+
+fn oci_auth(a: &Authorization) -> RegistryAuth {
+    match a {
+        Authorization::Anonymous => RegistryAuth::Anonymous,
+        Authorization::Basic(u, p) => RegistryAuth::Basic(u.clone(), p.clone()),
+        Authorization::Bearer(t) => RegistryAuth::Bearer(t.clone()),
     }
 }
 

@@ -116,8 +116,8 @@ impl<'a> Pusher<'a> {
                     &scopes,
                 )
                 .await?;
-                client
-                    .auth(&target, &access.registry_auth(), RegistryOperation::Push)
+                access
+                    .install(&client, &target, RegistryOperation::Push)
                     .await
                     .map_err(Failure::Oci)?;
                 Ok(access)
@@ -194,10 +194,9 @@ impl<'a> Pusher<'a> {
                     &[format!("repository:{}:pull", src.repository())],
                 )
                 .await?;
-                self.client
-                    .auth(src, &access.registry_auth(), RegistryOperation::Pull)
+                access
+                    .install(&self.client, src, RegistryOperation::Pull)
                     .await
-                    .map(|_| ())
                     .map_err(Failure::Oci)
             })
             .await
