@@ -288,7 +288,11 @@ enum seamless_result seamless_client_new(const char *containerd_address,
  * "capture_root": null, "freeze_timeout": {"secs": 2, "nanos": 0},
  * "max_pause": {"secs": 10, "nanos": 0}, "docker_config": null,
  * "registry_ca": ["/path/ca.pem"], "registry_certs_dirs":
- * ["/etc/containerd/certs.d", "/etc/docker/certs.d"], "push_retries": 4, "keep_failed": true, "background": {"mode":
+ * ["/etc/containerd/certs.d", "/etc/docker/certs.d"],
+ * "push_retries": 100, "push_retry_budget": {"secs": 300, "nanos": 0},
+ * "push_stall_timeout": {"secs": 60, "nanos": 0}, "push_connect_timeout":
+ * {"secs": 30, "nanos": 0}, "push_chunk_size": 33554432,
+ * "push_concurrency": 3, "keep_failed": true, "background": {"mode":
  * "in_process"}, "defaults": {...options as in
  * seamless_commit_with_options...}}`.
  *
@@ -528,7 +532,11 @@ const char *seamless_snapshot_new_upper_dir(const struct seamless_snapshot *s);
  * `snapshot_id`, `container_id`, `target_ref`, `pause_time` and
  * `total_time` in seconds, `old_upper_dir`, `new_upper_dir`,
  * `files_captured`, `bytes_captured`, `capture_strategy`, `freezer`,
- * `captured_at`, `base_image`, `manifest_digest` and `layer` after a wait).
+ * `captured_at`, `base_image`, `manifest_digest` and `layer` after a wait,
+ * `pause_breakdown`: `freeze`, `frozen_work`, `sync`, `thaw` in seconds,
+ * `entries_checked`, `files_copied`, `bytes_copied`, `entries_removed`,
+ * `capture_path` (`incremental` or `full`), `fallback_reason`,
+ * `precopy_passes`, `verified`).
  *
  * Ownership: the caller owns the returned string; free it with
  * `seamless_string_free`.

@@ -95,6 +95,13 @@ class SnapshotResult:
     def manifest_digest(self) -> Optional[str]: ...
     @property
     def layer(self) -> Optional[LayerInfo]: ...
+    @property
+    def pause_breakdown(self) -> Dict[str, Any]:
+        """The frozen window taken apart: ``freeze``, ``frozen_work``,
+        ``sync``, ``thaw`` (seconds), ``entries_checked``, ``files_copied``,
+        ``bytes_copied``, ``entries_removed``, ``capture_path``
+        (``"incremental"`` or ``"full"``), ``fallback_reason``,
+        ``precopy_passes``, ``verified``."""
     def to_dict(self) -> Dict[str, Any]:
         """JSON-compatible dict (durations in seconds), as the CLI's ``--json``."""
     @classmethod
@@ -158,6 +165,11 @@ class SeamlessSnapshot:
         max_pause: Optional[_Seconds] = None,
         push_retries: Optional[int] = None,
         keep_failed: Optional[bool] = None,
+        push_retry_budget: Optional[_Seconds] = None,
+        push_stall_timeout: Optional[_Seconds] = None,
+        push_connect_timeout: Optional[_Seconds] = None,
+        push_chunk_size: Optional[int] = None,
+        push_concurrency: Optional[int] = None,
         registry_ca: Optional[Sequence[_Path]] = None,
         registry_certs_dirs: Optional[Sequence[_Path]] = None,
     ) -> None: ...

@@ -53,6 +53,11 @@ struct CommitArgs {
     /// POSIX ACLs: a name, or a prefix ending in '.' or '*'.
     #[arg(long = "xattr", value_name = "NAME")]
     xattrs: Vec<String>,
+    /// Also compare the whole upper dir with its copy inside the frozen
+    /// window and fail on any difference (for tests and audits: costs a
+    /// full compare in the pause).
+    #[arg(long)]
+    verify_capture: bool,
     /// History comment of the new layer.
     #[arg(long, short = 'm')]
     message: Option<String>,
@@ -204,6 +209,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 compression,
                 insecure_registry,
                 xattrs,
+                verify_capture,
                 message,
                 author,
                 labels,
@@ -248,6 +254,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 author,
                 insecure_registries: insecure_registry,
                 extra_xattrs: xattrs,
+                verify_capture,
             };
             let snap = ContainerdSnapshotter::new(config)?;
             let started = Instant::now();
@@ -356,9 +363,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Worker { state_dir, id } => {
             // The start gate (see `BackgroundMode::Process`): wait until the
-            // committer has recorded us as the job's worker.
-            let mut gate = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut gate);
+            // committer has recorded us as the job's worker; if it died
+            // first, the job is not ours.
+            if !ContainerdSnapshotter::worker_start_gate() {
+                eprintln!("worker: the committer did not start job {id}; leaving it alone");
+                return Ok(ExitCode::from(4));
+            }
             let status = ContainerdSnapshotter::run_job(&state_dir, &id)?;
             if status.state == SnapshotState::Completed {
                 Ok(ExitCode::SUCCESS)

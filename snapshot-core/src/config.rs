@@ -17,11 +17,12 @@ pub enum BackgroundMode {
     #[default]
     InProcess,
     /// In a detached process: `program args... <state-dir> <snapshot-id>` is
-    /// started in its own process group and must call
-    /// [`crate::ContainerdSnapshotter::run_job`] once its standard input
-    /// reaches EOF (the committer first records the worker's pid in the
-    /// status, then closes it). The CLI uses this so that a commit without
-    /// `--wait` completes after the command returns.
+    /// started in its own process group. It must call
+    /// [`crate::ContainerdSnapshotter::worker_start_gate`] (standard input:
+    /// the committer records the worker's pid in the status, then writes one
+    /// byte and closes it) and, only if that returns `true`,
+    /// [`crate::ContainerdSnapshotter::run_job`]. The CLI uses this so that a
+    /// commit without `--wait` completes after the command returns.
     Process {
         /// The executable.
         program: PathBuf,
@@ -75,8 +76,37 @@ pub struct Config {
     /// `docker.io/`, or `_default/`), every `*.crt` and the `ca` entries of
     /// `hosts.toml`. Missing directories are skipped.
     pub registry_certs_dirs: Vec<PathBuf>,
-    /// How many times a transient registry error is retried.
+    /// An upper bound on the retries of one registry operation, on top of
+    /// `push_retry_budget` (the default, 100, leaves the time budget in
+    /// charge); 0 disables retries.
     pub push_retries: u32,
+    /// How long transient registry errors (connection failures, stalls, HTTP
+    /// 5xx, 408, 429) of one operation are retried, with exponential backoff
+    /// and jitter or as the registry's `Retry-After` asks, before the push
+    /// fails with `registry_unreachable`. Counted from the first failure; an
+    /// upload that the registry acknowledged more bytes of since starts a new
+    /// budget. Permanent errors (refused credentials, unknown repository,
+    /// invalid digest) fail at once.
+    pub push_retry_budget: Duration,
+    /// An upload request fails (and is retried, resuming where the registry
+    /// says it is) when no byte of its body could be sent for this long, or
+    /// no byte sent was acknowledged for this long (the TCP user timeout of
+    /// the connection); its answer may then take four times this, plus as
+    /// long as the body took to send (bytes may still be queued in socket
+    /// buffers on a slow link). There is no bound on the duration of a
+    /// whole upload.
+    pub push_stall_timeout: Duration,
+    /// How long connecting to a registry may take.
+    pub push_connect_timeout: Duration,
+    /// Size of the pieces (`PATCH` requests) a blob is uploaded in; a piece
+    /// cut by a transient error is resumed from the last byte the registry
+    /// acknowledged. Each piece streams from disk, so this costs no memory.
+    /// 0: one `PUT` per blob (restarted as a whole after an error), which
+    /// is also what happens with registries that refuse chunked uploads.
+    pub push_chunk_size: u64,
+    /// How many blobs are uploaded at the same time (at least 1). The
+    /// manifest always goes last.
+    pub push_concurrency: u32,
     /// Keep the capture directory and blob when a job fails (for a retry or a
     /// post-mortem). They are always removed after success.
     pub keep_failed: bool,
@@ -110,6 +140,18 @@ impl Config {
             .map(PathBuf::from)
             .collect()
     }
+    /// Default `push_retries`.
+    pub const DEFAULT_PUSH_RETRIES: u32 = 100;
+    /// Default `push_retry_budget`.
+    pub const DEFAULT_PUSH_RETRY_BUDGET: Duration = Duration::from_secs(5 * 60);
+    /// Default `push_stall_timeout`.
+    pub const DEFAULT_PUSH_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default `push_connect_timeout`.
+    pub const DEFAULT_PUSH_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default `push_chunk_size` (32 MiB).
+    pub const DEFAULT_PUSH_CHUNK_SIZE: u64 = 32 << 20;
+    /// Default `push_concurrency`.
+    pub const DEFAULT_PUSH_CONCURRENCY: u32 = 3;
 }
 
 impl Default for Config {
@@ -125,7 +167,12 @@ impl Default for Config {
             docker_config: None,
             registry_ca: Vec::new(),
             registry_certs_dirs: Self::default_registry_certs_dirs(),
-            push_retries: 4,
+            push_retries: Self::DEFAULT_PUSH_RETRIES,
+            push_retry_budget: Self::DEFAULT_PUSH_RETRY_BUDGET,
+            push_stall_timeout: Self::DEFAULT_PUSH_STALL_TIMEOUT,
+            push_connect_timeout: Self::DEFAULT_PUSH_CONNECT_TIMEOUT,
+            push_chunk_size: Self::DEFAULT_PUSH_CHUNK_SIZE,
+            push_concurrency: Self::DEFAULT_PUSH_CONCURRENCY,
             keep_failed: true,
             keep_finished_for: None,
             background: BackgroundMode::InProcess,
@@ -160,4 +207,10 @@ pub struct CommitOptions {
     /// they make the image depend on the host and some unpackers refuse
     /// them. Overlay's own xattrs are never carried.
     pub extra_xattrs: Vec<String>,
+    /// Verify the capture inside the frozen window: after the sync, also
+    /// compare the whole upper dir with its copy and fail the commit
+    /// (`internal`) on any difference. For tests and audits: it costs a
+    /// full compare in the window (about 1.5 µs per entry), which is what
+    /// the incremental sync exists to avoid.
+    pub verify_capture: bool,
 }

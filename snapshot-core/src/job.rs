@@ -5,7 +5,8 @@
 //! so it can run in this process or in a detached worker process.
 //!
 //! Failure policy: on success the capture directory and the layer blob are
-//! removed. On failure they are kept when `keep_failed` is set (the default)
+//! removed, before the status says `completed` (a waiter that returns then
+//! finds nothing left behind). On failure they are kept when `keep_failed` is set (the default)
 //! so the cause can be examined and the job rerun with
 //! [`crate::ContainerdSnapshotter::run_job`]; otherwise they are removed.
 //! A job whose worker process died is failed and cleaned up the same way by
@@ -30,7 +31,8 @@ use crate::error::{Error, Result};
 use crate::image::{self, Descriptor, History};
 use crate::layer;
 use crate::procfs::idmap::UserNamespace;
-use crate::registry::{self, BlobSource, PushRequest, RegistrySettings};
+use crate::registry::{self, BlobSource, PushRequest, PushTuning, RegistrySettings};
+use crate::snapshotter::fault::{FAULT_HOLD_BEFORE_BUILD, FAULT_HOLD_BEFORE_CLEANUP, fault_hold};
 use crate::state::{self, StatusStore};
 use crate::status::{LayerInfo, SnapshotState, SnapshotStatus, Worker};
 
@@ -86,8 +88,9 @@ pub(crate) struct JobSpec {
     /// `certs.d` roots.
     #[serde(default = "crate::config::Config::default_registry_certs_dirs")]
     pub(crate) registry_certs_dirs: Vec<PathBuf>,
-    /// Retries of transient registry errors.
-    pub(crate) push_retries: u32,
+    /// Retries, timeouts, chunks and concurrency of the push.
+    #[serde(default)]
+    pub(crate) push: PushTuning,
     /// Keep the capture directory and blob after a failure.
     pub(crate) keep_failed: bool,
 }
@@ -118,6 +121,14 @@ impl StatusWriter {
             store,
             inner: Mutex::new((status, Instant::now())),
         })
+    }
+
+    /// Starts from `status`, already written.
+    pub(crate) fn written(store: StatusStore, status: SnapshotStatus) -> Self {
+        StatusWriter {
+            store,
+            inner: Mutex::new((status, Instant::now())),
+        }
     }
 
     /// Applies `f` and writes the status now.
@@ -190,8 +201,19 @@ async fn run(spec: JobSpec, store: StatusStore, base: &dyn BlobSource) -> Result
     let outcome = run_inner(&spec, &store, &writer, base).await;
     let blob = store.job_dir(&spec.snapshot_id).join(BLOB_FILE);
     match outcome {
-        Ok(()) => {
+        Ok(pushed) => {
+            // Cleaned up before "completed": whoever waits for it may exit,
+            // or look for the capture, as soon as they read it.
+            if let Some(h) = fault_hold(FAULT_HOLD_BEFORE_CLEANUP) {
+                std::thread::sleep(h);
+            }
             cleanup(&spec.capture_dir, &blob);
+            writer.update(|s| {
+                s.timings.push = Some(pushed.push_time);
+                s.state = SnapshotState::Completed;
+                s.manifest_digest = Some(pushed.digest);
+                s.error = None;
+            })?;
         }
         Err(ref e) => {
             tracing::error!(snapshot = %spec.snapshot_id, error = %e, "snapshot job failed");
@@ -226,7 +248,7 @@ async fn run_inner(
     store: &StatusStore,
     writer: &std::sync::Arc<StatusWriter>,
     base: &dyn BlobSource,
-) -> Result<()> {
+) -> Result<Pushed> {
     // Build the layer (blocking file work) off the async threads.
     let started = Instant::now();
     let total = dir_content_bytes(&spec.capture_dir);
@@ -235,6 +257,9 @@ async fn run_inner(
         s.progress.done = 0;
         s.progress.total = total;
     })?;
+    if let Some(h) = fault_hold(FAULT_HOLD_BEFORE_BUILD) {
+        tokio::time::sleep(h).await;
+    }
     let blob_path = store.job_dir(&spec.snapshot_id).join(BLOB_FILE);
     // A rerun after a failure starts the blob afresh.
     match std::fs::remove_file(&blob_path) {
@@ -339,21 +364,23 @@ async fn run_inner(
         docker_config: spec.docker_config.clone(),
         ca_files: spec.registry_ca.clone(),
         certs_dirs: spec.registry_certs_dirs.clone(),
-        retries: spec.push_retries,
+        tuning: spec.push.clone(),
     };
     let w = writer.clone();
     let digest = registry::push_image(&request, &settings, base, &move |done, total| {
         w.progress(done, total)
     })
     .await?;
-    let push_time = started.elapsed();
-    writer.update(|s| {
-        s.timings.push = Some(push_time);
-        s.state = SnapshotState::Completed;
-        s.manifest_digest = Some(digest);
-        s.error = None;
-    })?;
-    Ok(())
+    Ok(Pushed {
+        digest,
+        push_time: started.elapsed(),
+    })
+}
+
+/// What a job that pushed its image records once it has cleaned up.
+struct Pushed {
+    digest: String,
+    push_time: Duration,
 }
 
 /// Sum of regular-file sizes below `dir` (for progress totals; best effort).
@@ -413,8 +440,11 @@ pub(crate) fn discard_kept(store: &StatusStore, id: &str) {
 
 /// Marks jobs whose process died as failed and removes what they leave
 /// behind: always an interrupted capture (a partial copy is useless),
-/// and a built job's capture and blob unless `keep_failed`. Best effort.
+/// and a built job's capture and blob unless `keep_failed`; and the
+/// half-created directories of committers killed before their job's first
+/// status was in place. Best effort.
 pub(crate) fn recover_orphans(store: &StatusStore, keep_failed: bool) {
+    store.remove_abandoned();
     let Ok(all) = store.list() else { return };
     for s in all {
         if state::dead_worker(&s).is_none() {

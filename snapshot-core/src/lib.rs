@@ -50,13 +50,13 @@ pub use config::{BackgroundMode, CommitOptions, Config};
 #[doc(inline)]
 pub use error::{Error, ErrorKind, Result};
 #[doc(inline)]
-pub use result::SnapshotResult;
+pub use result::{PauseBreakdown, SnapshotResult};
 #[doc(inline)]
 pub use snapshotter::ContainerdSnapshotter;
 #[doc(inline)]
 pub use status::{ErrorInfo, LayerInfo, PhaseTimings, Progress, SnapshotState, SnapshotStatus};
 #[doc(inline)]
-pub use types::{CaptureStrategy, Compression, FreezerKind};
+pub use types::{CapturePath, CaptureStrategy, Compression, FreezerKind};
 
 /// Commit running containers to OCI images with a minimal pause.
 ///

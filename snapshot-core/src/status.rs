@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind};
 use crate::procfs::stat::process_start_ticks;
+use crate::result::PauseBreakdown;
 
 /// Serde helpers writing durations as seconds (a float).
 pub(crate) mod secs {
@@ -207,6 +208,9 @@ pub struct SnapshotStatus {
     pub manifest_digest: Option<String>,
     /// The new layer, once built.
     pub layer: Option<LayerInfo>,
+    /// The frozen window taken apart, once the capture is done.
+    #[serde(default)]
+    pub pause_breakdown: Option<PauseBreakdown>,
     /// When the snapshot was requested.
     pub created_at: DateTime<Utc>,
     /// When this status was last written.
@@ -249,6 +253,7 @@ impl SnapshotStatus {
             error: None,
             manifest_digest: None,
             layer: None,
+            pause_breakdown: None,
             created_at: now,
             updated_at: now,
             worker: None,

@@ -19,6 +19,18 @@ pub enum CaptureStrategy {
     Mixed,
 }
 
+/// How the frozen window brought the copy up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapturePath {
+    /// Only the paths changed since the last pre-copy pass were looked at
+    /// (reported by fanotify dirty tracking).
+    Incremental,
+    /// The whole upper dir was compared with its copy: the dirty tracking
+    /// could not be trusted (see `fallback_reason`).
+    Full,
+}
+
 /// Which freezer interface is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

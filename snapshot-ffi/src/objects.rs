@@ -250,7 +250,11 @@ pub unsafe extern "C" fn seamless_snapshot_new_upper_dir(
 /// `snapshot_id`, `container_id`, `target_ref`, `pause_time` and
 /// `total_time` in seconds, `old_upper_dir`, `new_upper_dir`,
 /// `files_captured`, `bytes_captured`, `capture_strategy`, `freezer`,
-/// `captured_at`, `base_image`, `manifest_digest` and `layer` after a wait).
+/// `captured_at`, `base_image`, `manifest_digest` and `layer` after a wait,
+/// `pause_breakdown`: `freeze`, `frozen_work`, `sync`, `thaw` in seconds,
+/// `entries_checked`, `files_copied`, `bytes_copied`, `entries_removed`,
+/// `capture_path` (`incremental` or `full`), `fallback_reason`,
+/// `precopy_passes`, `verified`).
 ///
 /// Ownership: the caller owns the returned string; free it with
 /// `seamless_string_free`.

@@ -77,7 +77,17 @@ struct Owned {
 ///         report frozen (``None``: the library's default).
 ///     max_pause: upper bound of the frozen window, after which a watchdog
 ///         thaws the container and the commit fails (``None``: the default).
-///     push_retries: retries of a transient registry error (``None``: the default).
+///     push_retries: an upper bound on the retries of one registry operation
+///         (``None``: the default, 100; 0 disables retries).
+///     push_retry_budget: seconds (or a ``timedelta``) during which transient
+///         registry errors are retried (``None``: the default, 5 minutes).
+///     push_stall_timeout: seconds (or a ``timedelta``) without upload
+///         progress after which a request is retried (``None``: 60 s).
+///     push_connect_timeout: seconds (or a ``timedelta``) connecting to a
+///         registry may take (``None``: 30 s).
+///     push_chunk_size: bytes per upload request; 0 for one request per blob
+///         (``None``: the default, 32 MiB).
+///     push_concurrency: blobs uploaded at the same time (``None``: 3).
 ///     keep_failed: keep a failed job's capture and blob for a post-mortem
 ///         (``None``: the default, true).
 #[pyclass(name = "SeamlessSnapshot", module = "seamless_snapshot", frozen)]
@@ -181,6 +191,8 @@ fn commit_options(
         author,
         insecure_registries: insecure_registries.unwrap_or_default(),
         extra_xattrs: extra_xattrs.unwrap_or_default(),
+        // A test and audit option: from the configuration's defaults.
+        verify_capture: false,
     })
 }
 
@@ -207,6 +219,8 @@ impl Client {
         address = None, namespace = None, state_dir = None, *,
         docker_config = None, capture_root = None, freeze_timeout = None,
         max_pause = None, push_retries = None, keep_failed = None,
+        push_retry_budget = None, push_stall_timeout = None,
+        push_connect_timeout = None, push_chunk_size = None, push_concurrency = None,
         registry_ca = None, registry_certs_dirs = None,
     ))]
     #[allow(clippy::too_many_arguments)] // one per keyword argument of the Python API
@@ -221,6 +235,11 @@ impl Client {
         max_pause: Option<&Bound<'_, PyAny>>,
         push_retries: Option<u32>,
         keep_failed: Option<bool>,
+        push_retry_budget: Option<&Bound<'_, PyAny>>,
+        push_stall_timeout: Option<&Bound<'_, PyAny>>,
+        push_connect_timeout: Option<&Bound<'_, PyAny>>,
+        push_chunk_size: Option<u64>,
+        push_concurrency: Option<u32>,
         registry_ca: Option<Vec<PathBuf>>,
         registry_certs_dirs: Option<Vec<PathBuf>>,
     ) -> PyResult<Self> {
@@ -234,6 +253,26 @@ impl Client {
             freeze_timeout: opt_duration(py, "freeze_timeout", freeze_timeout, d.freeze_timeout)?,
             max_pause: opt_duration(py, "max_pause", max_pause, d.max_pause)?,
             push_retries: push_retries.unwrap_or(d.push_retries),
+            push_retry_budget: opt_duration(
+                py,
+                "push_retry_budget",
+                push_retry_budget,
+                d.push_retry_budget,
+            )?,
+            push_stall_timeout: opt_duration(
+                py,
+                "push_stall_timeout",
+                push_stall_timeout,
+                d.push_stall_timeout,
+            )?,
+            push_connect_timeout: opt_duration(
+                py,
+                "push_connect_timeout",
+                push_connect_timeout,
+                d.push_connect_timeout,
+            )?,
+            push_chunk_size: push_chunk_size.unwrap_or(d.push_chunk_size),
+            push_concurrency: push_concurrency.unwrap_or(d.push_concurrency),
             keep_failed: keep_failed.unwrap_or(d.keep_failed),
             registry_ca: registry_ca.unwrap_or_default(),
             registry_certs_dirs: registry_certs_dirs.unwrap_or(d.registry_certs_dirs.clone()),

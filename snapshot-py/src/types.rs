@@ -208,6 +208,16 @@ value_class! {
         self.inner.layer.clone().map(PyLayerInfo::from)
     }
 
+    /// The frozen window taken apart, as a dict: ``freeze``,
+    /// ``frozen_work``, ``sync``, ``thaw`` (seconds), ``entries_checked``,
+    /// ``files_copied``, ``bytes_copied``, ``entries_removed``,
+    /// ``capture_path`` (``"incremental"`` or ``"full"``),
+    /// ``fallback_reason``, ``precopy_passes``, ``verified``.
+    #[getter]
+    fn pause_breakdown<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_dict(py, &self.inner.pause_breakdown)
+    }
+
 
 
 

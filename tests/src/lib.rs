@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use seamless_snapshot::Config;
 
 pub mod layer_tar;
+pub mod proxy;
 pub mod registries;
 
 /// The name under which the base image is imported into each namespace.
@@ -52,18 +53,7 @@ impl RigEnv {
     /// Reads the environment, or says why the rig cannot be used (not
     /// running, or we are not root).
     pub fn from_env() -> Result<RigEnv, String> {
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let env = (|| {
-            Some(RigEnv {
-                containerd: get("SEAMLESS_TEST_CONTAINERD")?,
-                root: get("SEAMLESS_TEST_CONTAINERD_ROOT")?.into(),
-                state: get("SEAMLESS_TEST_CONTAINERD_STATE")?.into(),
-                registry: get("SEAMLESS_TEST_REGISTRY")?,
-                base_tar: get("SEAMLESS_TEST_BASE_TAR")?.into(),
-                probe: get("SEAMLESS_TEST_PROBE")?.into(),
-                dir: get("SEAMLESS_TEST_RIG")?.into(),
-            })
-        })();
+        let env = RigEnv::from_vars(|k| std::env::var(k).ok()).ok();
         match env {
             None => Err("the test rig is not running: run tests/rig/start.sh and source RIG_DIR/env, or use tests/run.sh".to_string()),
             Some(_) if !nix::unistd::geteuid().is_root() => {
@@ -75,6 +65,34 @@ impl RigEnv {
             )),
             Some(e) => Ok(e),
         }
+    }
+
+    /// Reads the `export SEAMLESS_TEST_*=...` lines of a rig's `env` file
+    /// (`RIG_DIR/env`, written by `tests/rig/start.sh`): a second rig in the
+    /// same process, e.g. one whose directory is on another filesystem.
+    pub fn from_env_file(path: &Path) -> Result<RigEnv, String> {
+        let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let vars: BTreeMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("export ")?.split_once('='))
+            .collect();
+        RigEnv::from_vars(|k| vars.get(k).map(|v| v.to_string()))
+            .map_err(|k| format!("{}: no {k}", path.display()))
+    }
+
+    /// The coordinates from `SEAMLESS_TEST_*` variables looked up with
+    /// `var`; the name of the first one missing or empty.
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<RigEnv, &'static str> {
+        let get = |k: &'static str| var(k).filter(|v| !v.is_empty()).ok_or(k);
+        Ok(RigEnv {
+            containerd: get("SEAMLESS_TEST_CONTAINERD")?,
+            root: get("SEAMLESS_TEST_CONTAINERD_ROOT")?.into(),
+            state: get("SEAMLESS_TEST_CONTAINERD_STATE")?.into(),
+            registry: get("SEAMLESS_TEST_REGISTRY")?,
+            base_tar: get("SEAMLESS_TEST_BASE_TAR")?.into(),
+            probe: get("SEAMLESS_TEST_PROBE")?.into(),
+            dir: get("SEAMLESS_TEST_RIG")?.into(),
+        })
     }
 }
 
@@ -134,7 +152,11 @@ impl Rig {
 
     /// A new namespace, or why the rig is not available.
     pub fn try_new() -> Result<Rig, String> {
-        let env = RigEnv::from_env()?;
+        Ok(Rig::with_env(RigEnv::from_env()?))
+    }
+
+    /// A new namespace in the rig `env` (see [`RigEnv::from_env_file`]).
+    pub fn with_env(env: RigEnv) -> Rig {
         let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
         let ns = format!("seamless-{}-{n}", std::process::id());
         let tmp = tempfile::Builder::new()
@@ -161,7 +183,7 @@ impl Rig {
             images.lines().any(|l| l.trim() == BASE_IMAGE),
             "importing {base} did not create {BASE_IMAGE}: {images}"
         );
-        Ok(rig)
+        rig
     }
 
     /// The containerd namespace of this test.
@@ -362,15 +384,8 @@ impl Rig {
     /// Pulls `reference` from the rig's registry with skopeo and unpacks it
     /// with umoci; returns the unpacked root filesystem.
     pub fn pull_unpack(&self, reference: &str) -> PathBuf {
-        let dir = self.new_dir("pull");
-        let layout = dir.join("oci");
-        let bundle = dir.join("bundle");
-        check_cmd(
-            Command::new("skopeo")
-                .args(["copy", "-q", "--src-tls-verify=false"])
-                .arg(format!("docker://{reference}"))
-                .arg(format!("oci:{}:t", layout.display())),
-        );
+        let layout = self.pull_layout(reference);
+        let bundle = layout.with_file_name("bundle");
         check_cmd(
             Command::new("umoci")
                 .arg("unpack")
@@ -379,6 +394,19 @@ impl Rig {
                 .arg(&bundle),
         );
         bundle.join("rootfs")
+    }
+
+    /// Copies `reference` from the rig's registry with skopeo into a new
+    /// OCI layout (`<dir>/oci`, tag `t`) and returns the layout's path.
+    pub fn pull_layout(&self, reference: &str) -> PathBuf {
+        let layout = self.new_dir("pull").join("oci");
+        check_cmd(
+            Command::new("skopeo")
+                .args(["copy", "-q", "--src-tls-verify=false"])
+                .arg(format!("docker://{reference}"))
+                .arg(format!("oci:{}:t", layout.display())),
+        );
+        layout
     }
 
     /// The manifest of a pushed image, via skopeo.
@@ -548,6 +576,63 @@ impl Rig {
             panic!("the CLI exited before the container was frozen");
         }
         assert!(frozen.is_ok(), "the container was never frozen");
+    }
+}
+
+impl Rig {
+    /// Capture directories of this test's jobs that still exist: inside the
+    /// job directories, or next to containerd's snapshots (where they go
+    /// when the state dir is on another filesystem).
+    pub fn leftover_captures(&self) -> Vec<PathBuf> {
+        let jobs = self.state_dir().join("jobs");
+        let Ok(entries) = fs::read_dir(&jobs) else {
+            return Vec::new();
+        };
+        let beside = self
+            .env
+            .root
+            .join("io.containerd.snapshotter.v1.overlayfs/seamless-capture");
+        entries
+            .filter_map(|e| e.ok())
+            .flat_map(|e| [e.path().join("capture"), beside.join(e.file_name())])
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// The ids of the jobs in [`Self::state_dir`], oldest first (ids are
+    /// time-ordered).
+    pub fn job_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(self.state_dir().join("jobs"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit; kills it and panics with
+/// `what` if it does not (a hang).
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            return status;
+        }
+        if start.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -1022,6 +1107,32 @@ pub fn largest_gap_in(log: &[(u64, u64)], from: u64, to: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rig_env_from_a_file() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("env");
+        let keys = [
+            "CONTAINERD",
+            "CONTAINERD_ROOT",
+            "CONTAINERD_STATE",
+            "REGISTRY",
+            "BASE_TAR",
+            "PROBE",
+            "RIG",
+        ];
+        let text: String = keys
+            .iter()
+            .map(|k| format!("export SEAMLESS_TEST_{k}=/x/{k}\n"))
+            .collect();
+        fs::write(&p, &text).unwrap();
+        let env = RigEnv::from_env_file(&p).unwrap();
+        assert_eq!(env.containerd, "/x/CONTAINERD");
+        assert_eq!(env.dir, Path::new("/x/RIG"));
+        fs::write(&p, text.replace("/x/PROBE", "")).unwrap();
+        let err = RigEnv::from_env_file(&p).unwrap_err();
+        assert!(err.ends_with("no SEAMLESS_TEST_PROBE"), "{err}");
+    }
 
     #[test]
     fn gaps_inside_an_interval() {

@@ -1,7 +1,7 @@
 //! A kept capture is out of reach of local users, and `prune` removes it
 //! (issue 8, item 11): the container leaves a setuid-root file and a device
 //! node in its writable layer, the push fails so the capture is kept, and an
-//! unprivileged user tries to reach them.
+//! unprivileged user tries to reach them. A completed commit leaves none.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -170,4 +170,45 @@ fn kept_captures_are_private_and_pruned() {
     assert!(in_state.list().unwrap().is_empty());
     assert!(!state.join("jobs").join(&id1).exists());
     assert!(prune(&[]).is_empty());
+}
+
+/// A commit that waits for its job (`commit --wait`) returns only once the
+/// completed job's capture is removed: the status says `completed` after the
+/// cleanup, not before (here held back 2 s by a debug-build fault hook, so
+/// that a waiter returning at the push would find the capture still there).
+#[test]
+#[ignore = "needs root and the test rig (tests/run.sh)"]
+fn a_completed_commit_leaves_no_capture_behind() {
+    let rig = Rig::new();
+    rig.run_container("tidy", PLANTER);
+    let rootfs = rig.rootfs("tidy");
+    wait_until(Duration::from_secs(10), || {
+        rootfs.join("data/ready").exists()
+    })
+    .expect("the container did not start");
+    // Root's and open to others: captures go in its private subdirectory.
+    let root = rig.new_dir("captures");
+    let target = rig.target("tidy", "1");
+    let out = run_cmd(
+        rig.cli()
+            .args(["commit", "--container", "tidy", "--target", &target])
+            .args(["--wait", "--timeout", "120s", "--capture-root"])
+            .arg(&root)
+            .env("SEAMLESS_FAULT_HOLD_BEFORE_CLEANUP_MS", "2000"),
+    );
+    assert!(
+        out.status.success(),
+        "commit: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let private = root.join("seamless-capture");
+    let left: Vec<PathBuf> = std::fs::read_dir(&private)
+        .unwrap_or_else(|e| panic!("{}: {e}", private.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the commit returned with its capture still there: {left:?}"
+    );
 }

@@ -125,3 +125,42 @@ fn concurrent_commit_is_busy_and_a_foreign_freeze_is_left_alone() {
     assert!(still_frozen, "a foreign freeze was undone");
     rig.assert_counting("guarded");
 }
+
+/// The detached worker's start gate: a bare EOF on its standard input means
+/// the committer died (or failed) before recording it as the job's worker,
+/// so it must leave the job alone; one byte lets it run. (That the committer
+/// writes the byte is what `commit_without_wait_completes_via_cli` relies
+/// on.)
+#[test]
+#[ignore = "needs root and the test rig (tests/run.sh)"]
+fn a_worker_whose_gate_was_not_opened_leaves_the_job_alone() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let rig = Rig::new();
+    let state = rig.state_dir();
+    let state = state.to_str().expect("UTF-8 state dir");
+
+    let closed = run_cmd(rig.cli().args(["worker", state, "no-such-job"]));
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert_eq!(closed.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("leaving it alone"), "{stderr}");
+
+    let mut opened = rig
+        .cli()
+        .args(["worker", state, "no-such-job"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gate = opened.stdin.take().unwrap();
+    gate.write_all(b"1").unwrap();
+    drop(gate);
+    let out = opened.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Past the gate, the job itself is looked up (and is not there).
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("leaving it alone"), "{stderr}");
+    assert!(stderr.contains("no-such-job"), "{stderr}");
+}

@@ -58,13 +58,7 @@ fn limit_open_files(n: u64) {
 /// Copies `reference` into an OCI layout with skopeo and returns the path
 /// of the blob of its top layer (the one the commit added).
 fn top_layer_blob(rig: &Rig, reference: &str) -> PathBuf {
-    let layout = rig.new_dir("layout").join("oci");
-    check_cmd(
-        Command::new("skopeo")
-            .args(["copy", "-q", "--src-tls-verify=false"])
-            .arg(format!("docker://{reference}"))
-            .arg(format!("oci:{}:t", layout.display())),
-    );
+    let layout = rig.pull_layout(reference);
     let blob = |digest: &str| {
         let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
         layout.join("blobs/sha256").join(hex)

@@ -12,25 +12,6 @@ use seamless_snapshot_tests::{Rig, run_cmd, wait_until};
 const HOLD_FROZEN: &str = "SEAMLESS_FAULT_HOLD_FROZEN_MS";
 const HOLD_BEFORE_FREEZE: &str = "SEAMLESS_FAULT_HOLD_BEFORE_FREEZE_MS";
 
-/// Capture directories of this test's jobs that still exist: inside the job
-/// directories, or next to containerd's snapshots (where they go when the
-/// state dir is on another filesystem).
-fn leftover_captures(rig: &Rig) -> Vec<std::path::PathBuf> {
-    let jobs = rig.state_dir().join("jobs");
-    let Ok(entries) = std::fs::read_dir(&jobs) else {
-        return Vec::new();
-    };
-    let beside = rig
-        .env
-        .root
-        .join("io.containerd.snapshotter.v1.overlayfs/seamless-capture");
-    entries
-        .filter_map(|e| e.ok())
-        .flat_map(|e| [e.path().join("capture"), beside.join(e.file_name())])
-        .filter(|p| p.exists())
-        .collect()
-}
-
 #[test]
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn a_thaw_from_outside_inside_the_window_discards_the_capture() {
@@ -63,7 +44,7 @@ fn a_thaw_from_outside_inside_the_window_discards_the_capture() {
     assert!(stderr.contains("kind: freeze"), "{stderr}");
     assert!(stderr.contains("thawed by someone else"), "{stderr}");
     assert!(!cgroup.is_frozen());
-    assert_eq!(leftover_captures(&rig), Vec::<std::path::PathBuf>::new());
+    assert_eq!(rig.leftover_captures(), Vec::<std::path::PathBuf>::new());
     let snap = ContainerdSnapshotter::new(rig.config()).unwrap();
     let failed: Vec<_> = snap.list().unwrap();
     assert_eq!(failed.len(), 1, "{failed:?}");
@@ -111,6 +92,6 @@ fn a_pause_during_the_precopy_is_left_in_place() {
     assert!(stderr.contains("kind: container_not_running"), "{stderr}");
     assert_eq!(still_paused.as_deref(), Some("PAUSED"));
     assert!(still_frozen, "the outside pause was undone");
-    assert_eq!(leftover_captures(&rig), Vec::<std::path::PathBuf>::new());
+    assert_eq!(rig.leftover_captures(), Vec::<std::path::PathBuf>::new());
     rig.assert_counting("paused");
 }

@@ -46,7 +46,7 @@ pub(crate) fn estimate(upper: &Path) -> Result<Estimate> {
         dest: PathBuf::new(),
     };
     let mut v = Counter::default();
-    walk(&ctx, top, st, false, &mut v)?;
+    walk(&ctx, top, st, b"", false, &mut v)?;
     Ok(v.est)
 }
 

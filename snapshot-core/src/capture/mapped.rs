@@ -45,6 +45,25 @@ impl Forced {
         self.inos.extend(other.inos.iter().copied());
     }
 
+    /// Adds the files forced to `dirty`: those by path as they are, those
+    /// by inode through the records (a scan, only when there are some).
+    pub(super) fn add_to(
+        &self,
+        recs: &std::collections::BTreeMap<Vec<u8>, super::meta::Rec>,
+        dirty: &mut super::track::Dirty,
+    ) {
+        for p in &self.paths {
+            dirty.mark(p.clone(), false);
+        }
+        if !self.inos.is_empty() {
+            for (k, r) in recs {
+                if r.meta.fmt() == libc::S_IFREG && self.inos.contains(&r.meta.ino) {
+                    dirty.mark(k.clone(), false);
+                }
+            }
+        }
+    }
+
     /// Forgets everything.
     pub(super) fn clear(&mut self) {
         self.paths.clear();

@@ -97,9 +97,32 @@ impl Meta {
         (self.dev, self.ino)
     }
 
-    /// A non-directory that may have other names.
+    /// An overlayfs whiteout: a character device 0/0.
+    pub(super) fn is_whiteout(&self) -> bool {
+        self.fmt() == libc::S_IFCHR && self.rdev == 0
+    }
+
+    /// A non-directory that may have other names. Not a whiteout: overlayfs
+    /// makes whiteouts hardlinks of one shared inode (linked and unlinked
+    /// under its `work/` dir), a sharing the image does not carry.
     pub(super) fn multi_linked(&self) -> bool {
-        !self.is_dir() && self.nlink > 1
+        !self.is_dir() && self.nlink > 1 && !self.is_whiteout()
+    }
+
+    /// Whether a copy made from `self` is a copy of `now`: every field
+    /// equal, except a whiteout's link count and ctime, which change with
+    /// every other whiteout overlayfs links or unlinks, without an event in
+    /// the tree.
+    pub(super) fn same(&self, now: &Meta) -> bool {
+        if self.is_whiteout() && now.is_whiteout() {
+            let strip = |m: &Meta| Meta {
+                nlink: 0,
+                ctime: (0, 0),
+                ..*m
+            };
+            return strip(self) == strip(now);
+        }
+        self == now
     }
 }
 
@@ -122,7 +145,7 @@ impl Rec {
         let (sec, nsec) = self.meta.ctime;
         let ctime = sec as i128 * 1_000_000_000 + nsec as i128;
         let margin = RACY_NS + granularity_ns(nsec);
-        self.ok && self.meta == *now && ctime < self.taken - margin
+        self.ok && self.meta.same(now) && (ctime < self.taken - margin || now.is_whiteout())
     }
 }
 

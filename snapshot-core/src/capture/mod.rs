@@ -18,24 +18,31 @@
 //! Layout: [`meta`] (the stat record change detection compares), [`walk`]
 //! (the fd-relative walk both phases share), [`copier`] (creating one entry:
 //! clone, sparse copy, special files), [`dest`] (capture-side metadata and
-//! removal), [`fail`] (race or real error), [`precopy`] (phase 1) and
-//! [`sync`] (phase 2, the whole frozen path); [`estimate`] counts, before a
-//! capture starts, what it will take.
+//! removal), [`fail`] (race or real error), [`track`] (fanotify dirty
+//! tracking), [`precopy`] (phase 1), [`passes`] (iterative pre-copy over
+//! the dirty set), [`incr`] (phase 2 for the dirty paths only: the frozen
+//! window's fast path), [`sync`] (phase 2 in full: the fallback) and
+//! [`verify`] (the exactness check); [`estimate`] counts, before a capture
+//! starts, what it will take.
 
 mod copier;
 mod dest;
 mod estimate;
 mod fail;
+mod incr;
 mod mapped;
 mod meta;
+mod passes;
 mod paths;
 mod precopy;
 mod sync;
 #[cfg(test)]
 mod tests;
+pub(crate) mod track;
+mod verify;
 mod walk;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
@@ -53,6 +60,7 @@ pub(crate) use estimate::{Estimate, estimate};
 pub(crate) use mapped::{Forced, MappedFiles};
 use meta::Rec;
 use paths::Ctx;
+pub(crate) use track::{Dirty, Tracker};
 
 /// Counters of one phase.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -79,12 +87,16 @@ pub(crate) struct Capture {
     root: OwnedFd,
     /// The capture directory, likewise.
     dest_root: OwnedFd,
-    recs: HashMap<Vec<u8>, Rec>,
+    /// Per path, what its copy was made from (in path order: a subtree is
+    /// a range).
+    recs: BTreeMap<Vec<u8>, Rec>,
     gen_: u32,
     copier: Copier,
-    totals: (u64, u64),
     /// Regular files the next sync re-copies whatever their stat says.
     forced: Forced,
+    /// A pause after each pre-copy entry (tests only, see
+    /// [`Capture::pace_precopy`]).
+    pace: Option<Duration>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -117,11 +129,11 @@ impl Capture {
             },
             root,
             dest_root,
-            recs: HashMap::new(),
+            recs: BTreeMap::new(),
             gen_: 0,
             copier: Copier::new(dest),
-            totals: (0, 0),
             forced: Forced::default(),
+            pace: None,
         })
     }
 
@@ -132,6 +144,19 @@ impl Capture {
     /// every 100 ms and at the end.
     pub(crate) fn precopy(&mut self, progress: &mut dyn FnMut(u64)) -> Result<PhaseStats> {
         precopy::precopy(self, progress)
+    }
+
+    /// Makes the pre-copy sleep `pace` after each entry, so that a test's
+    /// container changes its tree while the walk is in the middle of it
+    /// (set only by a debug build's fault hook).
+    pub(crate) fn pace_precopy(&mut self, pace: Duration) {
+        self.pace = Some(pace);
+    }
+
+    /// Pre-copy passes over what `tracker` saw change since the last one,
+    /// while that shrinks (see [`passes`]); returns how many ran.
+    pub(crate) fn converge(&mut self, tracker: &mut Tracker) -> Result<u32> {
+        Ok(passes::converge(self, tracker)?.0)
     }
 
     /// Marks regular files that the next [`Self::sync_frozen`] re-copies
@@ -153,10 +178,31 @@ impl Capture {
         sync::sync_frozen(self)
     }
 
+    /// Phase 2 (or a running pass before it), incrementally: brings the
+    /// capture up to date for the `dirty` paths only (see [`incr`]).
+    /// `strict` (frozen): every error is an error, and the forced
+    /// re-copies are done and consumed. Running: returns the paths that
+    /// could not be finished, to be looked at again.
+    pub(crate) fn sync_dirty(&mut self, dirty: Dirty, strict: bool) -> Result<(PhaseStats, Dirty)> {
+        if strict {
+            self.copier.no_waiting();
+        }
+        incr::sync_dirty(self, dirty, strict)
+    }
+
+    /// Checks, frozen and after a sync, that every record equals its
+    /// entry's `lstat` and every entry has one (see [`verify`]): a full
+    /// compare's cost.
+    pub(crate) fn verify_frozen(&self) -> Result<()> {
+        verify::verify_frozen(self)
+    }
+
     /// Totals of the capture dir after sync: non-directory entries, and
     /// content bytes (sum of regular file sizes, each path counted).
+    /// Counted from the records when asked (after the thaw), never in the
+    /// window.
     pub(crate) fn totals(&self) -> (u64, u64) {
-        self.totals
+        sync::totals(&self.recs)
     }
 
     /// How file data was (or, before any copy, will first be tried to be) copied.

@@ -10,7 +10,7 @@
 //! through a cursor on its directories (`crate::sys::fs::DirCursor`), which
 //! follows the walk one `openat` per step.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
@@ -65,8 +65,9 @@ pub(super) fn precopy(c: &mut Capture, progress: &mut dyn FnMut(u64)) -> Result<
         stats: PhaseStats::default(),
         prog: Prog::new(progress),
         gen_: c.gen_,
+        pace: c.pace,
     };
-    walk(&c.ctx, top, st, false, &mut v)?;
+    walk(&c.ctx, top, st, b"", false, &mut v)?;
     v.prog.report();
     let mut stats = v.stats;
     stats.duration = start.elapsed();
@@ -83,13 +84,15 @@ struct Pre<'a, 'p> {
     dst: DirCursor,
     /// The capture directory of a first name hardlinks are made to.
     link_src: DirCursor,
-    recs: &'a mut HashMap<Vec<u8>, Rec>,
+    recs: &'a mut BTreeMap<Vec<u8>, Rec>,
     copier: &'a mut Copier,
     /// First path and success of each multiply-linked inode.
     links: HashMap<(u64, u64), (Vec<u8>, bool)>,
     stats: PhaseStats,
     prog: Prog<'p>,
     gen_: u32,
+    /// A pause after each entry (tests only).
+    pace: Option<std::time::Duration>,
 }
 
 impl Pre<'_, '_> {
@@ -146,6 +149,9 @@ impl Visit for Pre<'_, '_> {
             return Ok(false);
         }
         self.stats.entries += 1;
+        if let Some(pace) = self.pace {
+            std::thread::sleep(pace);
+        }
         let ok = match self.copy_entry(&e, &meta, atime) {
             Ok(n) => {
                 self.stats.bytes_copied += n;

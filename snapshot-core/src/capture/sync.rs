@@ -20,7 +20,7 @@
 //! to open directories on both sides ([`OpenParent`]), reached from the
 //! previous one in a few `openat` calls whatever the depth.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
@@ -76,7 +76,6 @@ pub(super) fn sync_frozen(c: &mut Capture) -> Result<PhaseStats> {
     s.restore_dir_times(&mut parent)?;
     let mut stats = s.stats;
 
-    c.totals = totals(&c.recs);
     stats.duration = start.elapsed();
     tracing::debug!(?stats, "frozen sync done");
     Ok(stats)
@@ -85,11 +84,11 @@ pub(super) fn sync_frozen(c: &mut Capture) -> Result<PhaseStats> {
 // ------------------------------------------------- 1. finding the changes
 
 /// One path that sync must (re)create.
-struct Item {
-    rel: Vec<u8>,
-    meta: Meta,
-    atime: (i64, i64),
-    taken: i128,
+pub(super) struct Item {
+    pub(super) rel: Vec<u8>,
+    pub(super) meta: Meta,
+    pub(super) atime: (i64, i64),
+    pub(super) taken: i128,
 }
 
 /// Walks the upper dir and returns, in walk order, the paths to recreate
@@ -99,17 +98,9 @@ fn find_changes(c: &mut Capture) -> Result<(Vec<Item>, u64)> {
     let top = open_beneath(c.root.as_fd(), b"").at("open", &c.ctx.upper)?;
     let taken = now_ns();
     let st = fstat(&top).at("stat", &c.ctx.upper)?;
-    let mut col = Collect {
-        recs: &mut c.recs,
-        forced: &c.forced,
-        gen_: c.gen_,
-        work: Vec::new(),
-        clean_links: Vec::new(),
-        dirty_inodes: HashSet::new(),
-        entries: 0,
-    };
+    let mut col = Collect::new(&mut c.recs, &c.forced, c.gen_);
     col.see(b"", &st, taken);
-    walk(&c.ctx, top, st, true, &mut col)?;
+    walk(&c.ctx, top, st, b"", true, &mut col)?;
     let Collect {
         mut work,
         clean_links,
@@ -129,19 +120,36 @@ fn find_changes(c: &mut Capture) -> Result<(Vec<Item>, u64)> {
 }
 
 /// The sync visitor: only compares; copying happens after the walk.
-struct Collect<'a> {
-    recs: &'a mut HashMap<Vec<u8>, Rec>,
-    forced: &'a Forced,
-    gen_: u32,
-    work: Vec<Item>,
+pub(super) struct Collect<'a> {
+    pub(super) recs: &'a mut BTreeMap<Vec<u8>, Rec>,
+    pub(super) forced: &'a Forced,
+    pub(super) gen_: u32,
+    pub(super) work: Vec<Item>,
     /// Clean multiply-linked paths: dirty after all if their inode is.
-    clean_links: Vec<Item>,
-    dirty_inodes: HashSet<(u64, u64)>,
-    entries: u64,
+    pub(super) clean_links: Vec<Item>,
+    pub(super) dirty_inodes: HashSet<(u64, u64)>,
+    pub(super) entries: u64,
 }
 
-impl Collect<'_> {
-    fn see(&mut self, rel: &[u8], st: &FileStat, taken: i128) {
+impl<'a> Collect<'a> {
+    /// A visitor comparing with `recs` for walk generation `gen_`.
+    pub(super) fn new(
+        recs: &'a mut BTreeMap<Vec<u8>, Rec>,
+        forced: &'a Forced,
+        gen_: u32,
+    ) -> Collect<'a> {
+        Collect {
+            recs,
+            forced,
+            gen_,
+            work: Vec::new(),
+            clean_links: Vec::new(),
+            dirty_inodes: HashSet::new(),
+            entries: 0,
+        }
+    }
+
+    pub(super) fn see(&mut self, rel: &[u8], st: &FileStat, taken: i128) {
         let (meta, atime) = Meta::from_stat(st);
         let dirty = match self.recs.get_mut(rel) {
             Some(r) => {
@@ -187,31 +195,31 @@ impl Visit for Collect<'_> {
 // ------------------------------------------------- 2.-4. applying them
 
 /// The state of applying the changes to the capture directory.
-struct Resync<'a, 'p> {
-    ctx: &'a Ctx,
+pub(super) struct Resync<'a, 'p> {
+    pub(super) ctx: &'a Ctx,
     /// The upper dir: every source directory is reopened beneath it.
-    root: BorrowedFd<'a>,
+    pub(super) root: BorrowedFd<'a>,
     /// The capture directory, likewise.
-    droot: BorrowedFd<'a>,
+    pub(super) droot: BorrowedFd<'a>,
     /// The capture directory of a first name hardlinks are made to.
-    link_src: DirCursor,
-    recs: &'a mut HashMap<Vec<u8>, Rec>,
-    copier: &'a mut Copier,
-    gen_: u32,
-    stats: PhaseStats,
+    pub(super) link_src: DirCursor,
+    pub(super) recs: &'a mut BTreeMap<Vec<u8>, Rec>,
+    pub(super) copier: &'a mut Copier,
+    pub(super) gen_: u32,
+    pub(super) stats: PhaseStats,
     /// Directories whose times must be set after all changes inside them.
-    retime: HashSet<Vec<u8>>,
+    pub(super) retime: HashSet<Vec<u8>>,
     /// First path recreated for each multiply-linked inode.
-    made: HashMap<(u64, u64), Vec<u8>>,
-    prog: Prog<'p>,
+    pub(super) made: HashMap<(u64, u64), Vec<u8>>,
+    pub(super) prog: Prog<'p>,
 }
 
 /// The parent directory of the entry being changed, kept open on both
 /// sides: work items come in walk order, so siblings share it and the next
 /// one is a few `openat` calls away, at any depth.
-struct OpenParent {
-    src: DirCursor,
-    dst: DirCursor,
+pub(super) struct OpenParent {
+    pub(super) src: DirCursor,
+    pub(super) dst: DirCursor,
 }
 
 impl OpenParent {
@@ -259,26 +267,33 @@ impl Resync<'_, '_> {
             .collect();
         vanished.sort_unstable_by(|a, b| b.cmp(a));
         for rel in vanished {
-            let (prel, name) = split_rel(&rel)?;
-            self.link_src.forget_beneath(&rel);
-            let there = match parent.dst.open(self.droot, prel) {
-                Ok(dir) => remove_dest(self.ctx, dir, &name, &rel)?,
-                // Its directory is gone already.
-                Err(Errno::ENOENT) => false,
-                Err(e) => return Err(Error::errno("open", self.ctx.dp(prel), e)),
-            };
-            if there {
-                self.stats.removed += 1;
-            }
-            self.recs.remove(&rel);
-            self.retime.insert(prel.to_vec());
+            self.remove(parent, &rel)?;
         }
+        Ok(())
+    }
+
+    /// Removes the capture entry `rel` (with everything below it) and its
+    /// record.
+    pub(super) fn remove(&mut self, parent: &mut OpenParent, rel: &[u8]) -> Result<()> {
+        let (prel, name) = split_rel(rel)?;
+        self.link_src.forget_beneath(rel);
+        let there = match parent.dst.open(self.droot, prel) {
+            Ok(dir) => remove_dest(self.ctx, dir, &name, rel)?,
+            // Its directory is gone already (or is no directory).
+            Err(Errno::ENOENT | Errno::ENOTDIR) => false,
+            Err(e) => return Err(Error::errno("open", self.ctx.dp(prel), e)),
+        };
+        if there {
+            self.stats.removed += 1;
+        }
+        self.recs.remove(rel);
+        self.retime.insert(prel.to_vec());
         Ok(())
     }
 
     /// Step 3, one item: makes its capture entry equal to the source and
     /// records it.
-    fn recreate(&mut self, parent: &mut OpenParent, it: Item) -> Result<()> {
+    pub(super) fn recreate(&mut self, parent: &mut OpenParent, it: Item) -> Result<()> {
         let rel = it.rel.as_slice();
         if rel.is_empty() {
             let d = open_beneath(self.root, b"").at("open", &self.ctx.upper)?;
@@ -394,7 +409,7 @@ impl Resync<'_, '_> {
     /// Step 4: restores the times of directories changed inside. Setting a
     /// directory's times does not touch its parent: any order; sorted, so
     /// that the capture-side cursor moves little.
-    fn restore_dir_times(&mut self, parent: &mut OpenParent) -> Result<()> {
+    pub(super) fn restore_dir_times(&mut self, parent: &mut OpenParent) -> Result<()> {
         let mut dirs: Vec<&Vec<u8>> = self.retime.iter().collect();
         dirs.sort_unstable();
         for rel in dirs {
@@ -428,7 +443,7 @@ fn check_same(ctx: &Ctx, rel: &[u8], fd: &OwnedFd, meta: &Meta) -> Result<()> {
 
 /// Step 5: non-directory entries, and content bytes (sum of regular file
 /// sizes, each path counted).
-fn totals(recs: &HashMap<Vec<u8>, Rec>) -> (u64, u64) {
+pub(super) fn totals(recs: &BTreeMap<Vec<u8>, Rec>) -> (u64, u64) {
     let mut totals = (0u64, 0u64);
     for r in recs.values() {
         if !r.meta.is_dir() {

@@ -11,7 +11,7 @@ use nix::sys::stat::{SFlag, UtimensatFlags, fstat, fstatat, mknodat, utimensat};
 use nix::sys::time::TimeSpec;
 
 use crate::sys::xattr::{self, XRef};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod fs_quirks;
+mod incremental;
 
 #[derive(Debug, PartialEq)]
 struct Info {
@@ -95,11 +96,15 @@ fn tree_info(root: &Path) -> BTreeMap<Vec<u8>, Info> {
                 group: Vec::new(),
             },
         );
+        // Whiteouts share one inode in overlayfs; the capture need not.
+        let whiteout = fmt == libc::S_IFCHR && md.rdev() == 0;
         if fmt != libc::S_IFDIR {
-            inos.entry(md.ino()).or_default().push(rel.to_vec());
+            if !whiteout {
+                inos.entry(md.ino()).or_default().push(rel.to_vec());
+            }
             return;
         }
-        for e in std::fs::read_dir(&p).unwrap() {
+        for e in std::fs::read_dir(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())) {
             let e = e.unwrap();
             let mut r = rel.to_vec();
             if !r.is_empty() {

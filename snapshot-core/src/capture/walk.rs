@@ -61,19 +61,20 @@ struct Level {
     st: FileStat,
 }
 
-/// Walks the tree below `top` without recursion, with a bounded number of
-/// open fds. `strict`: every source error is an error (frozen container);
+/// Walks the tree below `top` (the directory `base` of the upper dir)
+/// without recursion, with a bounded number of open fds. `strict`: every source error is an error (frozen container);
 /// otherwise races make the walker skip the entry.
 pub(super) fn walk(
     ctx: &Ctx,
     top: OwnedFd,
     top_st: FileStat,
+    base: &[u8],
     strict: bool,
     v: &mut dyn Visit,
 ) -> Result<()> {
     let names = match read_names(top.as_fd()) {
         Ok(n) => n,
-        Err(e) => return Err(Error::errno("readdir", ctx.up(b""), e)),
+        Err(e) => return Err(Error::errno("readdir", ctx.up(base), e)),
     };
     let key = inode_key(&top_st);
     let mut stack = DirStack::new(
@@ -82,11 +83,12 @@ pub(super) fn walk(
         Level {
             names,
             idx: 0,
-            rel_len: 0,
+            rel_len: base.len(),
             st: top_st,
         },
     );
     let mut rel: Vec<u8> = Vec::with_capacity(256);
+    rel.extend_from_slice(base);
     while let Some(lvl) = stack.last_mut() {
         let (dir, l) = lvl.parts();
         let (Some(dir), true) = (dir, l.idx < l.names.len()) else {

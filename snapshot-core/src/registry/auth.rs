@@ -15,9 +15,9 @@
 //! Credentials never go to a plain-HTTP token endpoint of an HTTPS
 //! registry. The token is handed to oci-client, which uses it for the
 //! push's requests and, once it expires, fetches new ones itself with the
-//! user name and password ([`Access::install`]); [`Access::mount`] uses it
-//! for cross-repository mounts. A token got for an identity token cannot be
-//! renewed that way: a push outliving it must negotiate again.
+//! user name and password ([`Access::install`]); our own requests (uploads,
+//! [`mount`]) use it too and negotiate again ([`Negotiator`]) after a 401,
+//! which also renews a token got for an identity token.
 
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
@@ -27,6 +27,9 @@ use super::credentials::Credential;
 use super::retry::Failure;
 use super::tls::{tls_error, tls_failure};
 use crate::error::Error;
+
+/// How long a mount request (and the cancel of a refused one) may take.
+const MOUNT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Longest body excerpt kept in a message: token servers may answer with
 /// whole HTML pages.
@@ -150,12 +153,8 @@ struct TokenAnswer {
 }
 
 /// Authorized access to one registry.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Access {
-    http: reqwest::Client,
-    /// `scheme://host[:port]`.
-    base: String,
-    registry: String,
     authorization: Authorization,
     /// What oci-client keeps to renew an expired token by itself: the
     /// user name and password (or nothing, for anonymous tokens); a token
@@ -174,8 +173,7 @@ impl Access {
         credential: &Credential,
         scopes: &[String],
     ) -> std::result::Result<Access, Failure> {
-        let base = format!("{scheme}://{registry}");
-        let ping = format!("{base}/v2/");
+        let ping = format!("{scheme}://{registry}/v2/");
         let res = http
             .get(&ping)
             .send()
@@ -244,9 +242,6 @@ impl Access {
             "registry access"
         );
         Ok(Access {
-            http: http.clone(),
-            base,
-            registry: registry.to_string(),
             authorization,
             renewal,
         })
@@ -272,68 +267,120 @@ impl Access {
             .map(|_| ())
     }
 
-    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.authorization {
-            Authorization::Anonymous => req,
-            Authorization::Basic(u, p) => req.basic_auth(u, Some(p)),
-            Authorization::Bearer(t) => req.bearer_auth(t),
-        }
+    /// How our own requests to the registry are authorized.
+    pub(super) fn authorization(&self) -> &Authorization {
+        &self.authorization
     }
+}
 
-    /// Mounts blob `digest` from repository `from` into `repository`.
-    /// `true` when mounted (201). A registry that answers 202 opened an
-    /// upload session instead: it is cancelled (`DELETE`), and the blob is
-    /// to be uploaded. Any failure only means "upload it instead".
-    pub(super) async fn mount(&self, repository: &str, from: &str, digest: &str) -> bool {
-        let url = match url::Url::parse_with_params(
-            &format!("{}/v2/{repository}/blobs/uploads/", self.base),
-            &[("mount", digest), ("from", from)],
-        ) {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(digest, error = %e, "mount URL");
-                return false;
-            }
-        };
-        let res = match self.authorize(self.http.post(url.clone())).send().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(digest, error = %e, "cross-repository mount failed; uploading");
-                return false;
-            }
-        };
-        match res.status().as_u16() {
-            201 => {
-                tracing::debug!(digest, from, "blob mounted");
-                true
-            }
-            202 => {
-                let location = res
-                    .headers()
-                    .get(reqwest::header::LOCATION)
-                    .and_then(|l| l.to_str().ok())
-                    .and_then(|l| url.join(l).ok());
-                if let Some(loc) = location {
-                    match self.authorize(self.http.delete(loc)).send().await {
-                        Ok(r) => {
-                            tracing::debug!(digest, status = %r.status(), "mount refused (202); upload session cancelled")
-                        }
-                        Err(e) => {
-                            tracing::debug!(digest, error = %e, "mount refused (202); cancelling its upload session failed")
-                        }
-                    }
+/// How to negotiate access to one registry for a push, again when a token
+/// expires.
+#[derive(Debug, Clone)]
+pub(super) struct Negotiator {
+    /// The client of the handshake (the push's TLS roots).
+    pub(super) http: reqwest::Client,
+    /// `http` or `https`.
+    pub(super) scheme: &'static str,
+    /// The registry as it is reached (`host[:port]`).
+    pub(super) registry: String,
+    /// Its credential.
+    pub(super) credential: Credential,
+    /// The scopes of the push ([`push_scopes`]).
+    pub(super) scopes: Vec<String>,
+}
+
+impl Negotiator {
+    /// One negotiation ([`Access::negotiate`]).
+    pub(super) async fn access(&self) -> std::result::Result<Access, Failure> {
+        Access::negotiate(
+            &self.http,
+            self.scheme,
+            &self.registry,
+            &self.credential,
+            &self.scopes,
+        )
+        .await
+    }
+}
+
+/// `req` with `authz`'s `Authorization` header.
+pub(super) fn authorize(
+    req: reqwest::RequestBuilder,
+    authz: &Authorization,
+) -> reqwest::RequestBuilder {
+    match authz {
+        Authorization::Anonymous => req,
+        Authorization::Basic(u, p) => req.basic_auth(u, Some(p)),
+        Authorization::Bearer(t) => req.bearer_auth(t),
+    }
+}
+
+/// Mounts blob `digest` from repository `from` into `repository` of the
+/// registry at `base` (`scheme://host[:port]/`). `true` when mounted (201).
+/// A registry that answers 202 opened an upload session instead: it is
+/// cancelled (`DELETE`), and the blob is to be uploaded. Any failure only
+/// means "upload it instead".
+pub(super) async fn mount(
+    http: &reqwest::Client,
+    base: &url::Url,
+    authz: &Authorization,
+    repository: &str,
+    from: &str,
+    digest: &str,
+) -> bool {
+    let url = match base
+        .join(&format!("v2/{repository}/blobs/uploads/"))
+        .map(|mut u| {
+            u.query_pairs_mut()
+                .append_pair("mount", digest)
+                .append_pair("from", from);
+            u
+        }) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(digest, error = %e, "mount URL");
+            return false;
+        }
+    };
+    let post = authorize(http.post(url.clone()), authz).timeout(MOUNT_TIMEOUT);
+    let res = match post.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(digest, error = %e, "cross-repository mount failed; uploading");
+            return false;
+        }
+    };
+    match res.status().as_u16() {
+        201 => {
+            tracing::debug!(digest, from, "blob mounted");
+            true
+        }
+        202 => {
+            let location = res
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok());
+            if let Some(loc) = location {
+                let delete = authorize(http.delete(loc), authz).timeout(MOUNT_TIMEOUT);
+                match delete.send().await {
+                    Ok(r) => tracing::debug!(
+                        digest,
+                        status = %r.status(),
+                        "mount refused (202); upload session cancelled"
+                    ),
+                    Err(e) => tracing::debug!(
+                        digest,
+                        error = %e,
+                        "mount refused (202); cancelling its upload session failed"
+                    ),
                 }
-                false
             }
-            status => {
-                tracing::debug!(
-                    digest,
-                    status,
-                    registry = self.registry,
-                    "cross-repository mount refused; uploading"
-                );
-                false
-            }
+            false
+        }
+        status => {
+            tracing::debug!(digest, status, "cross-repository mount refused; uploading");
+            false
         }
     }
 }

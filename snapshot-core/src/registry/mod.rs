@@ -4,15 +4,18 @@
 //! is checked with `HEAD` and only uploaded when missing; base layers are
 //! cross-repository mounted when the base image lives in the same registry,
 //! else streamed from a [`BlobSource`] (containerd's content store) or,
-//! as a last resort, from the base image's registry. Uploads stream from
-//! disk or from the source; nothing is held in memory whole except the
-//! config and manifest.
+//! as a last resort, from the base image's registry. Up to
+//! [`PushTuning::concurrency`] blobs go up at the same time, in chunks
+//! resumed after transient errors; the manifest only once every blob is
+//! there. Uploads stream from disk or from the source; nothing is held in
+//! memory whole except the config and manifest.
 //!
 //! By concern: [`reference`](mod@reference) (parsing, plain HTTP or HTTPS),
 //! [`credentials`] (docker config: `auths`, `credHelpers`, `credsStore`),
 //! [`auth`] (the token handshake, cross-repository mounts), [`tls`] (CA
-//! certificates, `certs.d`), [`retry`] (error classification, backoff),
-//! [`source`] (where blobs come from), [`upload`] (the registry client).
+//! certificates, `certs.d`), [`retry`] (error classification, backoff,
+//! the time budget), [`source`] (where blobs come from), [`upload`] (the
+//! registry client; our own chunked, resumable upload requests).
 
 mod auth;
 mod credentials;
@@ -24,9 +27,15 @@ mod upload;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, NewImage, sha256_digest};
 pub(crate) use reference::parse_reference;
@@ -48,10 +57,45 @@ pub(crate) struct RegistrySettings {
     pub(crate) ca_files: Vec<PathBuf>,
     /// `certs.d` roots searched for per-registry CA certificates.
     pub(crate) certs_dirs: Vec<PathBuf>,
-    /// How many times a transient error (connection refused or reset,
-    /// timeout, HTTP 5xx, 429) is retried, with exponential backoff.
-    pub(crate) retries: u32,
+    /// Retries, timeouts, chunks, concurrency.
+    pub(crate) tuning: PushTuning,
 }
+
+/// How a push retries, times out, cuts and overlaps its uploads (the
+/// `push_*` fields of [`Config`], which documents them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct PushTuning {
+    pub(crate) retries: u32,
+    pub(crate) retry_budget: Duration,
+    pub(crate) stall_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) chunk_size: u64,
+    pub(crate) concurrency: u32,
+}
+
+impl PushTuning {
+    /// The `push_*` fields of `c`.
+    pub(crate) fn of(c: &Config) -> Self {
+        PushTuning {
+            retries: c.push_retries,
+            retry_budget: c.push_retry_budget,
+            stall_timeout: c.push_stall_timeout,
+            connect_timeout: c.push_connect_timeout,
+            chunk_size: c.push_chunk_size,
+            concurrency: c.push_concurrency,
+        }
+    }
+}
+
+impl Default for PushTuning {
+    fn default() -> Self {
+        Self::of(&Config::default())
+    }
+}
+
+/// How often upload progress is reported.
+const PROGRESS_TICK: Duration = Duration::from_millis(200);
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -135,17 +179,35 @@ pub(crate) async fn push_image(
     }
 
     let total: u64 = missing.iter().map(|(d, _)| d.size).sum();
-    let mut done = 0u64;
+    // Bytes sent so far, per blob: uploads resume, so a blob's count may
+    // go back after an error.
+    let sent: Vec<Arc<AtomicU64>> = missing.iter().map(|_| Arc::default()).collect();
+    let report = || {
+        let done: u64 = sent.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+        progress(done.min(total), total)
+    };
     progress(0, total);
-    for (desc, origin) in &missing {
-        pusher
-            .upload(desc, origin, |sent| {
-                progress((done + sent).min(total), total)
-            })
-            .await?;
-        done += desc.size;
-        progress(done, total);
+    let each: Vec<_> = missing
+        .iter()
+        .zip(&sent)
+        .map(|((desc, origin), sent)| upload_one(&pusher, desc, origin, sent))
+        .collect();
+    let uploads = stream::iter(each)
+        .buffer_unordered(pusher.concurrency())
+        // The first failure ends the push (the other uploads are dropped).
+        .try_for_each(|()| std::future::ready(Ok(())));
+    {
+        let mut uploads = std::pin::pin!(uploads);
+        let mut tick = tokio::time::interval(PROGRESS_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = &mut uploads => break r?,
+                _ = tick.tick() => report(),
+            }
+        }
     }
+    progress(total, total);
 
     pusher
         .push_manifest(
@@ -155,6 +217,18 @@ pub(crate) async fn push_image(
         .await?;
     tracing::info!(target = %pusher.target(), digest, bytes = total, "image pushed");
     Ok(digest)
+}
+
+/// Uploads one blob; `sent` ends at its size.
+async fn upload_one(
+    pusher: &Pusher<'_>,
+    desc: &Descriptor,
+    origin: &Origin,
+    sent: &Arc<AtomicU64>,
+) -> Result<()> {
+    pusher.upload(desc, origin, sent).await?;
+    sent.store(desc.size, Ordering::Relaxed);
+    Ok(())
 }
 
 #[cfg(test)]

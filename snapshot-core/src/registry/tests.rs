@@ -163,7 +163,12 @@ async fn push(req: &PushRequest, src: &dyn BlobSource, retries: u32) -> (Result<
     let calls: Calls = Arc::default();
     let c = calls.clone();
     let settings = RegistrySettings {
-        retries,
+        tuning: PushTuning {
+            retries,
+            // Small chunks: several PATCHes per blob.
+            chunk_size: 64 * 1024,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let r = push_image(req, &settings, src, &move |d, t| {
@@ -413,8 +418,8 @@ async fn unreachable_registry_after_retries() {
     let e = r.unwrap_err();
     assert!(matches!(e, Error::RegistryUnreachable { .. }), "{e}");
     assert!(e.to_string().contains("3 attempt"), "{e}");
-    // 200 ms + 400 ms of backoff.
-    assert!(start.elapsed() >= Duration::from_millis(600));
+    // 250 ms + 500 ms of backoff, jittered down by up to half.
+    assert!(start.elapsed() >= Duration::from_millis(375));
 
     let bad = PushRequest {
         target: "127.0.0.1:1/UPPER:x".into(),

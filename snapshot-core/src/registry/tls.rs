@@ -192,17 +192,23 @@ pub(super) fn oci_certificates(
         .collect()
 }
 
+/// The roots as reqwest takes them.
+pub(super) fn reqwest_certificates(
+    roots: &[CertificateDer<'_>],
+) -> Result<Vec<reqwest::Certificate>> {
+    roots
+        .iter()
+        .map(|c| reqwest::Certificate::from_der(c))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Internal(format!("registry CA: {e}")))
+}
+
 /// The HTTP client of our own requests to registries and token servers,
 /// trusting what oci-client's does.
 pub(super) fn http_client(roots: &[CertificateDer<'_>]) -> Result<reqwest::Client> {
     install_crypto_provider();
-    let certs = roots
-        .iter()
-        .map(|c| reqwest::Certificate::from_der(c))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Internal(format!("registry CA: {e}")))?;
     reqwest::Client::builder()
-        .tls_certs_merge(certs)
+        .tls_certs_merge(reqwest_certificates(roots)?)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .user_agent(concat!("seamless-snapshot/", env!("CARGO_PKG_VERSION")))

@@ -12,6 +12,7 @@
 //! and a commit whose capture or blob would not fit (`space`) is refused
 //! before any job or capture exists and before anything is frozen.
 
+use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ use crate::freeze;
 use crate::job::{self, JobSpec, StatusWriter};
 use crate::procfs::idmap::UserNamespace;
 use crate::prune;
-use crate::registry;
+use crate::registry::{self, PushTuning};
 use crate::result::SnapshotResult;
 use crate::space;
 use crate::state::{self, StatusStore, ensure_private_dir, lock_file, try_lock_dir};
@@ -37,7 +38,8 @@ use crate::status::{SnapshotState, SnapshotStatus, Worker};
 use fault::{FAULT_SKIP_SPACE_CHECK, fault_flag};
 use window::ensure_not_frozen;
 
-mod fault;
+pub(crate) mod fault;
+mod presence;
 mod window;
 
 /// Commits containers of one containerd namespace.
@@ -208,9 +210,25 @@ impl ContainerdSnapshotter {
         prune::prune(&self.store, older_than, dry_run)
     }
 
+    /// The start gate of a [`BackgroundMode::Process`] worker: reads standard
+    /// input to EOF and says whether the committer opened the gate (wrote a
+    /// byte after recording this process as the job's worker). `false` means
+    /// the committer died or failed first: the job is not this process's to
+    /// run. When standard input is a terminal (a person rerunning a job by
+    /// hand) there is no gate and this returns `true` at once.
+    pub fn worker_start_gate() -> bool {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            return true;
+        }
+        let mut gate = Vec::new();
+        let _ = stdin.lock().read_to_end(&mut gate);
+        !gate.is_empty()
+    }
+
     /// Runs (or reruns) the background part of a captured snapshot in this
     /// process, to completion. This is what a [`BackgroundMode::Process`]
-    /// worker calls.
+    /// worker calls once [`ContainerdSnapshotter::worker_start_gate`] opened.
     pub fn run_job(state_dir: &Path, snapshot_id: &str) -> Result<SnapshotStatus> {
         let store = StatusStore::new(state_dir);
         let spec = JobSpec::load(&store, snapshot_id)?;
@@ -314,11 +332,11 @@ impl ContainerdSnapshotter {
         self.check_space(&mount.upper, &home)?;
 
         let id = new_snapshot_id();
-        self.store.create_job_dir(&id)?;
         let mut status = SnapshotStatus::new(&id, container_id, target_ref);
         status.state = SnapshotState::Capturing;
         status.worker = Worker::current();
-        let writer = StatusWriter::new(self.store.clone(), status)?;
+        self.store.create_job(&status)?;
+        let writer = StatusWriter::written(self.store.clone(), status);
 
         let capture_dir = home.capture_dir(&self.store, &id);
         if let Err(e) = job::record_capture_dir(&self.store, &id, &capture_dir) {
@@ -329,7 +347,8 @@ impl ContainerdSnapshotter {
             job::discard_capture(&capture_dir);
             writer.fail(e)
         };
-        let (capture, pause, captured_at) = self
+        let verify = self.config.defaults.verify_capture || options.verify_capture;
+        let (capture, pause, captured_at, breakdown) = self
             .capture_frozen(
                 container_id,
                 &mount.upper,
@@ -337,6 +356,7 @@ impl ContainerdSnapshotter {
                 freezer.as_ref(),
                 container.pid,
                 &writer,
+                verify,
             )
             .map_err(abandon)?;
         let capture_time = started.elapsed();
@@ -360,7 +380,7 @@ impl ContainerdSnapshotter {
             docker_config: self.config.docker_config.clone(),
             registry_ca: self.config.registry_ca.clone(),
             registry_certs_dirs: self.config.registry_certs_dirs.clone(),
-            push_retries: self.config.push_retries,
+            push: PushTuning::of(&self.config),
             keep_failed: self.config.keep_failed,
         };
         spec.save(&self.store).map_err(abandon)?;
@@ -369,6 +389,7 @@ impl ContainerdSnapshotter {
                 s.state = SnapshotState::Captured;
                 s.timings.capture = Some(capture_time);
                 s.timings.pause = Some(pause.pause);
+                s.pause_breakdown = Some(breakdown.clone());
                 s.progress.done = bytes;
                 s.progress.total = bytes;
             })
@@ -392,6 +413,7 @@ impl ContainerdSnapshotter {
             base_image: base.name,
             manifest_digest: None,
             layer: None,
+            pause_breakdown: breakdown,
         })
     }
 
@@ -434,7 +456,15 @@ impl ContainerdSnapshotter {
                     .spawn()
                     .at("spawn worker", program)?;
                 let recorded = writer.update(|s| s.worker = Worker::of_pid(child.id()));
-                // Closing stdin opens the gate.
+                // One byte opens the gate; a bare EOF (we failed to record
+                // the worker, or died before this line) tells it to leave the
+                // job alone: the job reads failed, and a worker completing it
+                // afterwards would turn a final state into another.
+                if recorded.is_ok()
+                    && let Some(mut gate) = child.stdin.take()
+                {
+                    let _ = gate.write_all(b"1");
+                }
                 drop(child.stdin.take());
                 recorded
                 // The worker is reaped by init once we exit; a zombie until then.
@@ -490,6 +520,7 @@ fn merge_options(defaults: &CommitOptions, given: &CommitOptions) -> CommitOptio
             o.insecure_registries.push(h.clone());
         }
     }
+    o.verify_capture |= defaults.verify_capture;
     for x in &defaults.extra_xattrs {
         if !o.extra_xattrs.contains(x) {
             o.extra_xattrs.push(x.clone());

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, IoContext, Result};
-use crate::status::{SnapshotState, SnapshotStatus};
+use crate::status::{SnapshotState, SnapshotStatus, Worker};
 
 /// Reads and writes job records under `<state>/jobs/`.
 #[derive(Debug, Clone)]
@@ -50,6 +50,7 @@ impl StatusStore {
     /// Creates the directory of a new job (mode 0700: it holds a copy of the
     /// container's files). It is new, so it is ours: a capture inside it is
     /// out of reach of anyone but root.
+    #[cfg(test)]
     pub(crate) fn create_job_dir(&self, id: &str) -> Result<PathBuf> {
         validate_id(id)?;
         self.jobs_dir()?;
@@ -59,6 +60,63 @@ impl StatusStore {
             .create(&dir)
             .at("create directory", &dir)?;
         Ok(dir)
+    }
+
+    /// Creates the directory of a new job holding its first `status`, at
+    /// once: it is made under a temporary name (`.new-<pid>-<start>-<id>`,
+    /// naming its creator) and renamed into place with the status inside, so
+    /// a committer killed in between leaves no job without a status (which
+    /// nobody could list, wait on or prune), only a temporary directory that
+    /// [`Self::remove_abandoned`] removes once its creator is gone.
+    pub(crate) fn create_job(&self, status: &SnapshotStatus) -> Result<PathBuf> {
+        let id = &status.snapshot_id;
+        validate_id(id)?;
+        self.jobs_dir()?;
+        let me = Worker::current()
+            .ok_or_else(|| Error::Internal("cannot read our own /proc/self/stat".into()))?;
+        let tmp = self
+            .jobs
+            .join(format!("{NEW_PREFIX}{}-{}-{id}", me.pid, me.start_ticks));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .at("create directory", &tmp)?;
+        let mut status = status.clone();
+        status.updated_at = Utc::now();
+        let json = serde_json::to_vec_pretty(&status)
+            .map_err(|e| Error::Internal(format!("serialize status: {e}")))?;
+        write_atomic(&tmp, STATUS_FILE, &json)?;
+        let dir = self.job_dir(id);
+        // rename(2) onto an existing directory would replace it if empty:
+        // ids are unique, but never take over one that exists.
+        if dir.exists() {
+            return Err(Error::Internal(format!(
+                "job directory {} exists",
+                dir.display()
+            )));
+        }
+        fs::rename(&tmp, &dir).at("rename", &dir)?;
+        Ok(dir)
+    }
+
+    /// Removes the temporary directories of jobs being created (see
+    /// [`Self::create_job`]) whose creator is gone. Best effort (logged).
+    pub(crate) fn remove_abandoned(&self) {
+        let Ok(entries) = fs::read_dir(&self.jobs) else {
+            return;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name();
+            let Some(creator) = name.to_str().and_then(creator_of_new) else {
+                continue;
+            };
+            if !creator.is_alive() {
+                let path = e.path();
+                if let Err(err) = crate::sys::fs::remove_all(&path) {
+                    tracing::warn!(path = %path.display(), error = %err, "removing an abandoned job directory failed");
+                }
+            }
+        }
     }
 
     /// Atomically replaces the job's status (temp file, fsync, rename),
@@ -161,6 +219,19 @@ impl StatusStore {
         out.sort_by_key(|s| s.created_at);
         Ok(out)
     }
+}
+
+/// The prefix of a job directory being created (see
+/// [`StatusStore::create_job`]); ids never start with a dot.
+const NEW_PREFIX: &str = ".new-";
+
+/// The creator named by a temporary job directory `.new-<pid>-<start>-<id>`.
+fn creator_of_new(name: &str) -> Option<Worker> {
+    let mut parts = name.strip_prefix(NEW_PREFIX)?.splitn(3, '-');
+    let pid = parts.next()?.parse().ok()?;
+    let start_ticks = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some(Worker { pid, start_ticks })
 }
 
 /// Writes `name` in `dir` atomically and durably. The temporary name is
@@ -277,6 +348,45 @@ mod tests {
     use super::*;
     use crate::error::ErrorKind;
     use crate::status::Progress;
+
+    #[test]
+    fn a_job_appears_with_its_status_and_abandoned_ones_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StatusStore::new(tmp.path());
+        let mut s = SnapshotStatus::new("n1", "c", "r/x:y");
+        s.state = SnapshotState::Capturing;
+        let dir = store.create_job(&s).unwrap();
+        assert_eq!(store.read("n1").unwrap().state, SnapshotState::Capturing);
+        assert!(
+            store.create_job(&s).is_err(),
+            "an existing job was taken over"
+        );
+
+        // A committer killed before the rename: a dead creator's directory
+        // goes, a live one's stays.
+        let me = Worker::current().unwrap();
+        let dead = tmp
+            .path()
+            .join(format!("jobs/.new-{}-{}-n2", me.pid, me.start_ticks + 1));
+        let live = tmp
+            .path()
+            .join(format!("jobs/.new-{}-{}-n3", me.pid, me.start_ticks));
+        for d in [&dead, &live] {
+            fs::create_dir(d).unwrap();
+            fs::write(d.join(STATUS_FILE), b"{").unwrap();
+        }
+        store.remove_abandoned();
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert!(dir.exists());
+        let ids: Vec<_> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.snapshot_id)
+            .collect();
+        assert_eq!(ids, ["n1"]);
+    }
 
     #[test]
     fn write_read_roundtrip_and_list() {
