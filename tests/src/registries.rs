@@ -102,28 +102,24 @@ fn openssl(dir: &Path, args: &[&str]) {
     check_cmd(Command::new("openssl").current_dir(dir).args(args));
 }
 
+/// A self-signed RSA certificate `NAME.pem` and its key `NAME.key` in
+/// `dir`, for `subject`, valid two days.
+fn self_signed(dir: &Path, name: &str, subject: &str) {
+    let (key, cert) = (format!("{name}.key"), format!("{name}.pem"));
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &cert,
+            "-subj", subject, "-days", "2",
+        ],
+    );
+}
+
 /// A test CA and a server certificate it signed for `127.0.0.1` and
 /// `localhost`, in `dir`: `(ca.pem, server.pem, server.key)`.
 pub fn make_server_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=seamless test CA",
-            "-days",
-            "2",
-        ],
-    );
+    self_signed(dir, "ca", "/CN=seamless test CA");
     openssl(
         dir,
         &[
@@ -456,24 +452,7 @@ impl TokenServer {
         lifetime: i64,
     ) -> TokenServer {
         std::fs::create_dir_all(dir).unwrap();
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "token.key",
-                "-out",
-                "token.pem",
-                "-subj",
-                "/CN=seamless test token signer",
-                "-days",
-                "2",
-            ],
-        );
+        self_signed(dir, "token", "/CN=seamless test token signer");
         openssl(
             dir,
             &[

@@ -180,6 +180,24 @@ fn helper_log(bin: &Path, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// `seamless-snapshot commit --wait` of `container` to `target` with the
+/// docker config `cfg`, `bin` first on its `PATH`.
+fn commit_cli(rig: &Rig, bin: &Path, container: &str, target: &str, cfg: &Path) -> Command {
+    let mut c = rig.cli();
+    c.env("PATH", path_with(bin))
+        .args([
+            "commit",
+            "--container",
+            container,
+            "--target",
+            target,
+            "--wait",
+        ])
+        .arg("--docker-config")
+        .arg(cfg);
+    c
+}
+
 fn config_json(dir: &Path, json: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let p = dir.join("config.json");
@@ -215,20 +233,7 @@ fn credentials_from_a_credential_helper() {
     let target = format!("{}/{}/helped:1", reg.addr, rig.ns());
     // Through the CLI: the helper is found on the PATH the command (and its
     // detached worker) runs with.
-    let out = check_cmd(
-        rig.cli()
-            .env("PATH", path_with(&bin))
-            .args([
-                "commit",
-                "--container",
-                "helped",
-                "--target",
-                &target,
-                "--wait",
-            ])
-            .arg("--docker-config")
-            .arg(&cfg),
-    );
+    let out = check_cmd(&mut commit_cli(&rig, &bin, "helped", &target, &cfg));
     assert!(out.contains("pushed"), "{out}");
     assert_eq!(helper_log(&bin, "seamless-test"), vec![reg.addr.clone()]);
     let inspect = Command::new("skopeo")
@@ -263,19 +268,7 @@ fn credentials_from_a_credential_helper() {
         &dir.join("docker-broken"),
         "{\"credsStore\":\"seamless-broken\"}",
     );
-    let out = rig
-        .cli()
-        .env("PATH", path_with(&broken))
-        .args([
-            "commit",
-            "--container",
-            "helped",
-            "--target",
-            &target,
-            "--wait",
-        ])
-        .arg("--docker-config")
-        .arg(&cfg)
+    let out = commit_cli(&rig, &broken, "helped", &target, &cfg)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -297,20 +290,7 @@ fn a_helper_without_credentials_means_anonymous() {
     write_helper(&bin, "seamless-none", "elsewhere.example:1", "u", "p");
     let cfg = config_json(&dir.join("docker"), "{\"credsStore\":\"seamless-none\"}");
     let target = rig.target("anon", "1");
-    let out = check_cmd(
-        rig.cli()
-            .env("PATH", path_with(&bin))
-            .args([
-                "commit",
-                "--container",
-                "anon",
-                "--target",
-                &target,
-                "--wait",
-            ])
-            .arg("--docker-config")
-            .arg(&cfg),
-    );
+    let out = check_cmd(&mut commit_cli(&rig, &bin, "anon", &target, &cfg));
     assert!(out.contains("pushed"), "{out}");
     assert_eq!(
         helper_log(&bin, "seamless-none"),

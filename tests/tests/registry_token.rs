@@ -46,6 +46,20 @@ fn docker_config(rig: &Rig, json: &str) -> std::path::PathBuf {
     p
 }
 
+/// A snapshotter with `pusher:pw` for `reg` in its docker config.
+fn pusher_snapshotter(rig: &Rig, reg: &TestRegistry) -> ContainerdSnapshotter {
+    let auth = base64::engine::general_purpose::STANDARD.encode("pusher:pw");
+    let cfg = docker_config(
+        rig,
+        &format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", reg.addr),
+    );
+    ContainerdSnapshotter::new(Config {
+        docker_config: Some(cfg),
+        ..rig.config()
+    })
+    .unwrap()
+}
+
 #[test]
 #[ignore = "needs root and the test rig (tests/run.sh)"]
 fn cross_repository_mount_on_a_token_registry() {
@@ -86,16 +100,7 @@ fn cross_repository_mount_on_a_token_registry() {
     assert!(!base_layers.is_empty());
     let before = reg.requests().len();
 
-    let auth = base64::engine::general_purpose::STANDARD.encode("pusher:pw");
-    let cfg = docker_config(
-        &rig,
-        &format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", reg.addr),
-    );
-    let snap = ContainerdSnapshotter::new(Config {
-        docker_config: Some(cfg),
-        ..rig.config()
-    })
-    .unwrap();
+    let snap = pusher_snapshotter(&rig, &reg);
     let target = format!("{}/app:1", reg.addr);
     let r = snap
         .commit_with_wait("mounted", &target, PUSH_TIMEOUT)
@@ -280,16 +285,7 @@ fn expired_tokens_are_renewed_with_the_credentials() {
     // Tokens that read as expired at once (the registry still takes them,
     // within its 60 s leeway): every request of the push needs a new one.
     let (tokens, reg) = token_registry_with(&rig, &[("pusher", "pw")], &[], -30);
-    let auth = base64::engine::general_purpose::STANDARD.encode("pusher:pw");
-    let cfg = docker_config(
-        &rig,
-        &format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", reg.addr),
-    );
-    let snap = ContainerdSnapshotter::new(Config {
-        docker_config: Some(cfg),
-        ..rig.config()
-    })
-    .unwrap();
+    let snap = pusher_snapshotter(&rig, &reg);
     let target = format!("{}/{}/renew:1", reg.addr, rig.ns());
     snap.commit_with_wait("renew", &target, PUSH_TIMEOUT)
         .unwrap();

@@ -67,7 +67,19 @@ fn is_loopback_registry(registry: &str) -> bool {
 /// ones and those listed in `insecure` (an entry without a port matches any
 /// port), plus the `insecure` entries themselves.
 pub(super) fn plain_http_registries(insecure: &[String], registries: &[&str]) -> Vec<String> {
-    let entries: Vec<&str> = insecure
+    let entries = insecure_entries(insecure);
+    let mut out: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+    for r in registries {
+        if (is_listed(&entries, r) || is_loopback_registry(r)) && !out.iter().any(|o| o == r) {
+            out.push(r.to_string());
+        }
+    }
+    out
+}
+
+/// The `insecure` entries as hosts: scheme and trailing `/` dropped.
+fn insecure_entries(insecure: &[String]) -> Vec<&str> {
+    insecure
         .iter()
         .map(|e| {
             let e = e.trim();
@@ -78,14 +90,7 @@ pub(super) fn plain_http_registries(insecure: &[String], registries: &[&str]) ->
             e.trim_end_matches('/')
         })
         .filter(|e| !e.is_empty())
-        .collect();
-    let mut out: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
-    for r in registries {
-        if (is_listed(&entries, r) || is_loopback_registry(r)) && !out.iter().any(|o| o == r) {
-            out.push(r.to_string());
-        }
-    }
-    out
+        .collect()
 }
 
 /// Whether `registry` is named by one of the (trimmed) insecure entries.
@@ -98,18 +103,7 @@ fn is_listed(entries: &[&str], registry: &str) -> bool {
 /// Whether `registry` is plain HTTP only for being on loopback (not listed
 /// in `insecure`): such a registry may still serve TLS.
 pub(super) fn plain_for_loopback_only(insecure: &[String], registry: &str) -> bool {
-    let entries: Vec<&str> = insecure
-        .iter()
-        .map(|e| {
-            let e = e.trim();
-            let e = e
-                .strip_prefix("http://")
-                .or_else(|| e.strip_prefix("https://"))
-                .unwrap_or(e);
-            e.trim_end_matches('/')
-        })
-        .collect();
-    is_loopback_registry(registry) && !is_listed(&entries, registry)
+    is_loopback_registry(registry) && !is_listed(&insecure_entries(insecure), registry)
 }
 
 /// The URL scheme of `registry` given the plain-HTTP ones.
