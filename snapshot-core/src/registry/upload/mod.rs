@@ -1,9 +1,11 @@
 //! The upload side of a push: one registry client, authenticated for the
 //! target, that checks, mounts and uploads blobs and puts the manifest.
 //!
-//! Checks, mounts, the manifest and pulls from the base image's registry go
-//! through the registry client (`oci-client`); blob uploads through our own
-//! requests ([`session`]: progress-watched, no whole-request timeout;
+//! Checks, the manifest and pulls from the base image's registry go
+//! through the registry client (`oci-client`); blob uploads and
+//! cross-repository mounts through our own requests ([`session`]:
+//! authorized by the push's [`Negotiator`], progress-watched, no
+//! whole-request timeout;
 //! [`chunked`]: chunked, resumable, monolithic as a fallback). Every blob
 //! upload streams (from the layer file, the [`BlobSource`] or the base
 //! image's registry); a failure of our side (reading the file, the source)
