@@ -5,13 +5,15 @@
 //! is exchanged for an access token (OAuth2 refresh-token grant), never sent
 //! to the registry as a bearer token. A mount the registry refuses with 202
 //! (the base is not in the named repository) has its upload session
-//! cancelled.
+//! cancelled. An expired token (a 401 on a blob check or the manifest) is
+//! renewed, an identity token's by exchanging it again.
 
 use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
 use seamless_snapshot::{Config, ContainerdSnapshotter, ErrorKind, SeamlessSnapshot};
+use seamless_snapshot_tests::proxy::FaultProxy;
 use seamless_snapshot_tests::registries::{TestRegistry, TokenServer};
 use seamless_snapshot_tests::{BASE_IMAGE, Rig, check_cmd};
 
@@ -298,5 +300,49 @@ fn expired_tokens_are_renewed_with_the_credentials() {
             .iter()
             .all(|t| t.method == "GET" && t.user.as_deref() == Some("pusher") && t.status == 200),
         "{requests:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and the test rig (tests/run.sh)"]
+fn a_401_on_a_check_or_the_manifest_gets_a_new_token() {
+    let rig = Rig::new();
+    rig.run_container("late401", "echo l > /f && while true; do sleep 1; done");
+    let (tokens, reg) = token_registry(&rig, &[], &[("seamless-refresh-2", "pusher")]);
+    // The token expired meanwhile, as the registry sees it: a blob check
+    // and the manifest PUT answered 401 once each (through a proxy).
+    let proxy = FaultProxy::start(&reg.addr);
+    proxy.fail("HEAD", "/blobs/", 401, None, 0, 1);
+    proxy.fail("PUT", "/manifests/", 401, None, 0, 1);
+    let cfg = docker_config(
+        &rig,
+        &format!(
+            "{{\"auths\":{{\"{}\":{{\"identitytoken\":\"seamless-refresh-2\"}}}}}}",
+            proxy.addr()
+        ),
+    );
+    let snap = ContainerdSnapshotter::new(Config {
+        docker_config: Some(cfg),
+        ..rig.config()
+    })
+    .unwrap();
+    let target = format!("{}/{}/late401:1", proxy.addr(), rig.ns());
+    let r = snap
+        .commit_with_wait("late401", &target, PUSH_TIMEOUT)
+        .unwrap();
+    assert!(r.manifest_digest.is_some());
+    // The identity token was exchanged again for each 401 (a token got for
+    // it is not renewed by the registry client itself).
+    let grants = tokens
+        .requests()
+        .iter()
+        .filter(|t| t.method == "POST" && t.status == 200)
+        .count();
+    assert!(grants >= 3, "{:?}", tokens.requests());
+    let log = proxy.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("PUT") && l.contains("/manifests/") && l.contains("201")),
+        "{log}"
     );
 }

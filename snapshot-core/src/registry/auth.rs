@@ -263,8 +263,21 @@ impl Access {
             .await;
         client
             .auth(image, &oci_auth(&self.authorization), operation)
-            .await
-            .map(|_| ())
+            .await?;
+        if operation == oci_client::RegistryOperation::Push
+            && matches!(self.authorization, Authorization::Bearer(_))
+        {
+            // A push token serves the repository's pulls (blob checks) too:
+            // a renewed one replaces the old for both.
+            client
+                .auth(
+                    image,
+                    &oci_auth(&self.authorization),
+                    oci_client::RegistryOperation::Pull,
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// How our own requests to the registry are authorized.

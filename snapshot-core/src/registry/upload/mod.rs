@@ -14,6 +14,7 @@
 mod chunked;
 mod session;
 
+use std::future::Future;
 use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
@@ -148,18 +149,30 @@ impl<'a> Pusher<'a> {
         &self.target
     }
 
+    /// Runs a request of the registry client; a 401 gets one new token
+    /// (tokens expire, and one got for an identity token is not renewed by
+    /// the client itself) and a second try before it counts as a refusal.
+    async fn renewing<T, Fut>(&self, op: impl Fn() -> Fut) -> std::result::Result<T, Failure>
+    where
+        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        match op().await {
+            Err(e) if classify(&e) == Class::Unauthorized => {
+                tracing::debug!(error = %error_chain(&e), "401 from the registry client: new token");
+                self.http.refresh().await?;
+                op().await.map_err(Failure::Oci)
+            }
+            r => r.map_err(Failure::Oci),
+        }
+    }
+
     /// Whether the target repository has the blob.
     pub(super) async fn exists(&self, digest: &str) -> Result<bool> {
         retry(
             self.policy,
             &self.target_registry,
             &format!("check blob {digest}"),
-            || async {
-                self.client
-                    .blob_exists(&self.target, digest)
-                    .await
-                    .map_err(Failure::Oci)
-            },
+            || self.renewing(|| self.client.blob_exists(&self.target, digest)),
         )
         .await
     }
@@ -311,15 +324,17 @@ impl<'a> Pusher<'a> {
             &self.target_registry,
             &format!("push manifest to {}", self.target),
             || async {
-                let content_type = media_type.parse().map_err(|_| {
-                    Failure::Fatal(Error::InvalidImage(format!(
-                        "bad manifest media type {media_type:?}"
-                    )))
-                })?;
-                self.client
-                    .push_manifest_raw(&self.target, body.clone(), content_type)
-                    .await
-                    .map_err(Failure::Oci)
+                let content_type: reqwest::header::HeaderValue =
+                    media_type.parse().map_err(|_| {
+                        Failure::Fatal(Error::InvalidImage(format!(
+                            "bad manifest media type {media_type:?}"
+                        )))
+                    })?;
+                self.renewing(|| {
+                    self.client
+                        .push_manifest_raw(&self.target, body.clone(), content_type.clone())
+                })
+                .await
             },
         )
         .await
