@@ -16,8 +16,9 @@
 //! registry. The token is handed to oci-client, which uses it for the
 //! push's requests and, once it expires, fetches new ones itself with the
 //! user name and password ([`Access::install`]); our own requests (uploads,
-//! [`mount`]) use it too and negotiate again ([`Negotiator`]) after a 401,
-//! which also renews a token got for an identity token.
+//! [`mount`]) use it too. A 401 on any request of the push negotiates
+//! again ([`Negotiator`]), which also renews a token got for an identity
+//! token (oci-client cannot).
 
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
