@@ -289,6 +289,8 @@ enum seamless_result seamless_client_new(const char *containerd_address,
  * `{"containerd_address": "...", "namespace": "...", "state_dir": "...",
  * "capture_root": null, "freeze_timeout": {"secs": 2, "nanos": 0},
  * "max_pause": {"secs": 10, "nanos": 0}, "docker_config": null,
+ * "registry_ca": ["/path/ca.pem"], "registry_certs_dirs":
+ * ["/etc/containerd/certs.d", "/etc/docker/certs.d"],
  * "push_retries": 100, "push_retry_budget": {"secs": 300, "nanos": 0},
  * "push_stall_timeout": {"secs": 60, "nanos": 0}, "push_connect_timeout":
  * {"secs": 30, "nanos": 0}, "push_chunk_size": 33554432,

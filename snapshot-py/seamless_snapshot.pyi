@@ -170,6 +170,8 @@ class SeamlessSnapshot:
         push_connect_timeout: Optional[_Seconds] = None,
         push_chunk_size: Optional[int] = None,
         push_concurrency: Optional[int] = None,
+        registry_ca: Optional[Sequence[_Path]] = None,
+        registry_certs_dirs: Optional[Sequence[_Path]] = None,
     ) -> None: ...
     @property
     def address(self) -> str: ...

@@ -73,9 +73,26 @@ struct CommitArgs {
     /// A manifest annotation, KEY=VALUE.
     #[arg(long = "annotation")]
     annotations: Vec<String>,
-    /// Docker config.json with registry credentials.
+    /// Docker config.json with registry credentials (default:
+    /// $DOCKER_CONFIG/config.json, then ~/.docker/config.json).
+    ///
+    /// For each registry, as docker resolves them: its credHelpers entry,
+    /// else credsStore (the helper docker-credential-NAME on PATH; a helper
+    /// answering "credentials not found" means anonymous), else its auths
+    /// entry (auth, username/password, identitytoken). Docker Hub is
+    /// https://index.docker.io/v1/ there. An identitytoken is exchanged for
+    /// an access token at the registry's token endpoint, never sent as is.
     #[arg(long)]
     docker_config: Option<PathBuf>,
+    /// A CA certificate file (PEM) trusted for every registry, on top of
+    /// the system's roots and the certs.d ones (repeatable).
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    registry_ca: Vec<PathBuf>,
+    /// A directory in containerd's certs.d layout: DIR/HOST:PORT/*.crt and
+    /// hosts.toml's ca entries (repeatable; default /etc/containerd/certs.d
+    /// and /etc/docker/certs.d).
+    #[arg(long = "registry-certs-dir", value_name = "DIR")]
+    registry_certs_dir: Vec<PathBuf>,
     /// Where the capture directory goes (default: the state dir when on
     /// the container's filesystem, else next to containerd's snapshots).
     #[arg(long)]
@@ -201,6 +218,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 labels,
                 annotations,
                 docker_config,
+                registry_ca,
+                registry_certs_dir,
                 capture_root,
                 json,
             } = *args;
@@ -214,6 +233,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 namespace: cli.namespace,
                 state_dir: cli.state_dir.clone(),
                 docker_config,
+                registry_ca,
+                registry_certs_dirs: if registry_certs_dir.is_empty() {
+                    Config::default_registry_certs_dirs()
+                } else {
+                    registry_certs_dir
+                },
                 capture_root,
                 // Without --wait the build and push must outlive this command.
                 background: BackgroundMode::Process {

@@ -64,8 +64,18 @@ pub struct Config {
     /// when it is exceeded (and the capture is then discarded).
     pub max_pause: Duration,
     /// Path of a docker `config.json` for registry credentials. `None`: the
-    /// default lookup (`$DOCKER_CONFIG`, `~/.docker/config.json`).
+    /// default lookup (`$DOCKER_CONFIG`, `~/.docker/config.json`). For each
+    /// registry: its `credHelpers` entry, else `credsStore`, else its
+    /// `auths` entry; a helper's "credentials not found" is anonymous.
     pub docker_config: Option<PathBuf>,
+    /// CA certificate files (PEM) trusted for every registry, on top of the
+    /// system's roots and those found in `registry_certs_dirs`.
+    pub registry_ca: Vec<PathBuf>,
+    /// Directories in containerd's and docker's `certs.d` layout searched
+    /// for a registry's CA certificates: in `<dir>/<host:port>/` (or
+    /// `docker.io/`, or `_default/`), every `*.crt` and the `ca` entries of
+    /// `hosts.toml`. Missing directories are skipped.
+    pub registry_certs_dirs: Vec<PathBuf>,
     /// An upper bound on the retries of one registry operation, on top of
     /// `push_retry_budget` (the default, 100, leaves the time budget in
     /// charge); 0 disables retries.
@@ -121,6 +131,15 @@ impl Config {
     pub const DEFAULT_CONTAINERD_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default state directory (job records, capture directories, blobs).
     pub const DEFAULT_STATE_DIR: &str = "/var/lib/seamless-snapshot";
+
+    /// Default `registry_certs_dirs`: `/etc/containerd/certs.d`, then
+    /// `/etc/docker/certs.d`.
+    pub fn default_registry_certs_dirs() -> Vec<PathBuf> {
+        crate::registry::DEFAULT_CERTS_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect()
+    }
     /// Default `push_retries`.
     pub const DEFAULT_PUSH_RETRIES: u32 = 100;
     /// Default `push_retry_budget`.
@@ -146,6 +165,8 @@ impl Default for Config {
             freeze_timeout: Duration::from_secs(2),
             max_pause: Duration::from_secs(10),
             docker_config: None,
+            registry_ca: Vec::new(),
+            registry_certs_dirs: Self::default_registry_certs_dirs(),
             push_retries: Self::DEFAULT_PUSH_RETRIES,
             push_retry_budget: Self::DEFAULT_PUSH_RETRY_BUDGET,
             push_stall_timeout: Self::DEFAULT_PUSH_STALL_TIMEOUT,

@@ -88,6 +88,12 @@ pub(crate) struct JobSpec {
     pub(crate) options: CommitOptions,
     /// Docker config for credentials.
     pub(crate) docker_config: Option<PathBuf>,
+    /// CA files trusted for every registry.
+    #[serde(default)]
+    pub(crate) registry_ca: Vec<PathBuf>,
+    /// `certs.d` roots.
+    #[serde(default = "crate::config::Config::default_registry_certs_dirs")]
+    pub(crate) registry_certs_dirs: Vec<PathBuf>,
     /// Retries, timeouts, chunks and concurrency of the push.
     #[serde(default)]
     pub(crate) push: PushTuning,
@@ -370,6 +376,8 @@ async fn run_inner(
     let settings = RegistrySettings {
         insecure: spec.options.insecure_registries.clone(),
         docker_config: spec.docker_config.clone(),
+        ca_files: spec.registry_ca.clone(),
+        certs_dirs: spec.registry_certs_dirs.clone(),
         tuning: spec.push.clone(),
     };
     let w = writer.clone();

@@ -65,7 +65,12 @@ struct Owned {
 ///     state_dir: where job records, capture directories and layer blobs are
 ///         kept (``None``: ``DEFAULT_STATE_DIR``).
 ///     docker_config: a docker ``config.json`` with registry credentials
-///         (``None``: ``$DOCKER_CONFIG`` or ``~/.docker/config.json``).
+///         (``None``: ``$DOCKER_CONFIG`` or ``~/.docker/config.json``);
+///         ``credHelpers``, then ``credsStore``, then ``auths``, as docker.
+///     registry_ca: CA certificate files (PEM) trusted for every registry,
+///         on top of the system's roots and the ``certs.d`` ones.
+///     registry_certs_dirs: directories in containerd's ``certs.d`` layout
+///         (``None``: ``/etc/containerd/certs.d``, ``/etc/docker/certs.d``).
 ///     capture_root: where capture directories go (``None``: chosen on the
 ///         filesystem of the container's writable layer).
 ///     freeze_timeout: seconds (or a ``timedelta``) to wait for the cgroup to
@@ -216,6 +221,7 @@ impl Client {
         max_pause = None, push_retries = None, keep_failed = None,
         push_retry_budget = None, push_stall_timeout = None,
         push_connect_timeout = None, push_chunk_size = None, push_concurrency = None,
+        registry_ca = None, registry_certs_dirs = None,
     ))]
     #[allow(clippy::too_many_arguments)] // one per keyword argument of the Python API
     fn new(
@@ -234,6 +240,8 @@ impl Client {
         push_connect_timeout: Option<&Bound<'_, PyAny>>,
         push_chunk_size: Option<u64>,
         push_concurrency: Option<u32>,
+        registry_ca: Option<Vec<PathBuf>>,
+        registry_certs_dirs: Option<Vec<PathBuf>>,
     ) -> PyResult<Self> {
         let d = Config::default();
         let config = Config {
@@ -266,6 +274,8 @@ impl Client {
             push_chunk_size: push_chunk_size.unwrap_or(d.push_chunk_size),
             push_concurrency: push_concurrency.unwrap_or(d.push_concurrency),
             keep_failed: keep_failed.unwrap_or(d.keep_failed),
+            registry_ca: registry_ca.unwrap_or_default(),
+            registry_certs_dirs: registry_certs_dirs.unwrap_or(d.registry_certs_dirs.clone()),
             ..d
         };
         let client = Client {

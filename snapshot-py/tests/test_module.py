@@ -80,6 +80,10 @@ RESULT = {
     "manifest_digest": "sha256:" + "a" * 64,
     "layer": {"digest": "sha256:" + "b" * 64, "diff_id": "sha256:" + "c" * 64,
               "size": 99, "media_type": "application/vnd.oci.image.layer.v1.tar+gzip"},
+    "pause_breakdown": {"freeze": 0.5, "frozen_work": 0.25, "sync": 0.125, "thaw": 0.0625,
+                        "entries_checked": 4, "files_copied": 1, "bytes_copied": 12,
+                        "entries_removed": 0, "capture_path": "incremental",
+                        "fallback_reason": None, "precopy_passes": 2, "verified": False},
 }
 
 
@@ -104,6 +108,8 @@ def test_result_fields_dict_and_pickle():
                                               tzinfo=datetime.timezone.utc)
     assert r.capture_strategy == "copy_file_range" and r.freezer == "v2"
     assert r.layer is not None and r.layer.size == 99
+    assert r.pause_breakdown["capture_path"] == "incremental"
+    assert r.pause_breakdown["precopy_passes"] == 2
     assert r.to_dict() == RESULT
     assert pickle.loads(pickle.dumps(r)) == r
     assert pickle.loads(pickle.dumps(r.layer)) == r.layer
@@ -158,6 +164,17 @@ def test_bad_arguments(tmp_path):
         c.commit("c", "127.0.0.1:1/x:y")
     assert "no.sock" in str(e.value)
     assert c.list() == []
+
+
+def test_registry_tls_options(tmp_path):
+    c = ss.SeamlessSnapshot(address=str(tmp_path / "no.sock"), namespace="x",
+                            state_dir=tmp_path / "state",
+                            registry_ca=[tmp_path / "ca.pem"],
+                            registry_certs_dirs=[str(tmp_path / "certs.d")])
+    assert c.namespace == "x"
+    with pytest.raises(TypeError):
+        ss.SeamlessSnapshot(address=str(tmp_path / "no.sock"),
+                            state_dir=tmp_path / "state", registry_ca="ca.pem")
 
 
 def test_defaults():

@@ -25,6 +25,7 @@ use seamless_snapshot::Config;
 
 pub mod layer_tar;
 pub mod proxy;
+pub mod registries;
 
 /// The name under which the base image is imported into each namespace.
 pub const BASE_IMAGE: &str = "seamless.test/base:latest";

@@ -10,15 +10,19 @@
 //! there. Uploads stream from disk or from the source; nothing is held in
 //! memory whole except the config and manifest.
 //!
-//! By concern: [`reference`](mod@reference) (parsing, plain HTTP or HTTPS), [`auth`]
-//! (docker config credentials), [`retry`] (error classification, backoff,
+//! By concern: [`reference`](mod@reference) (parsing, plain HTTP or HTTPS),
+//! [`credentials`] (docker config: `auths`, `credHelpers`, `credsStore`),
+//! [`auth`] (the token handshake, cross-repository mounts), [`tls`] (CA
+//! certificates, `certs.d`), [`retry`] (error classification, backoff,
 //! the time budget), [`source`] (where blobs come from), [`upload`] (the
 //! registry client; our own chunked, resumable upload requests).
 
 mod auth;
+mod credentials;
 mod reference;
 mod retry;
 mod source;
+mod tls;
 mod upload;
 
 use std::collections::HashSet;
@@ -37,6 +41,7 @@ use crate::image::{Descriptor, NewImage, sha256_digest};
 pub(crate) use reference::parse_reference;
 pub(crate) use source::BlobSource;
 use source::{LayerData, Origin};
+pub(crate) use tls::DEFAULT_CERTS_DIRS;
 use upload::Pusher;
 
 /// Registry settings.
@@ -48,6 +53,10 @@ pub(crate) struct RegistrySettings {
     /// A docker `config.json` (or the directory holding it) to read
     /// credentials from. `None`: `$DOCKER_CONFIG`, then `~/.docker`.
     pub(crate) docker_config: Option<PathBuf>,
+    /// CA certificate files (PEM) trusted for every registry.
+    pub(crate) ca_files: Vec<PathBuf>,
+    /// `certs.d` roots searched for per-registry CA certificates.
+    pub(crate) certs_dirs: Vec<PathBuf>,
     /// Retries, timeouts, chunks, concurrency.
     pub(crate) tuning: PushTuning,
 }

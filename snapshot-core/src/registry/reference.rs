@@ -1,9 +1,10 @@
 //! Image references and how a registry is reached.
 //!
 //! [`parse_reference`] accepts what the distribution grammar accepts, minus a
-//! bare `host:port` that would silently become a Docker Hub name. Loopback
-//! registries and those listed as insecure are reached over plain HTTP; every
-//! other registry over HTTPS.
+//! bare `host:port` that would silently become a Docker Hub name. Registries
+//! listed as insecure are reached over plain HTTP, loopback ones too unless
+//! they answer TLS (see [`super::tls::plain_http`]); every other registry
+//! over HTTPS.
 
 use std::net::IpAddr;
 
@@ -66,7 +67,19 @@ fn is_loopback_registry(registry: &str) -> bool {
 /// ones and those listed in `insecure` (an entry without a port matches any
 /// port), plus the `insecure` entries themselves.
 pub(super) fn plain_http_registries(insecure: &[String], registries: &[&str]) -> Vec<String> {
-    let entries: Vec<&str> = insecure
+    let entries = insecure_entries(insecure);
+    let mut out: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+    for r in registries {
+        if (is_listed(&entries, r) || is_loopback_registry(r)) && !out.iter().any(|o| o == r) {
+            out.push(r.to_string());
+        }
+    }
+    out
+}
+
+/// The `insecure` entries as hosts: scheme and trailing `/` dropped.
+fn insecure_entries(insecure: &[String]) -> Vec<&str> {
+    insecure
         .iter()
         .map(|e| {
             let e = e.trim();
@@ -77,17 +90,29 @@ pub(super) fn plain_http_registries(insecure: &[String], registries: &[&str]) ->
             e.trim_end_matches('/')
         })
         .filter(|e| !e.is_empty())
-        .collect();
-    let mut out: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
-    for r in registries {
-        let listed = entries
-            .iter()
-            .any(|e| *e == *r || (host_of(e) == *e && *e == host_of(r)));
-        if (listed || is_loopback_registry(r)) && !out.iter().any(|o| o == r) {
-            out.push(r.to_string());
-        }
+        .collect()
+}
+
+/// Whether `registry` is named by one of the (trimmed) insecure entries.
+fn is_listed(entries: &[&str], registry: &str) -> bool {
+    entries
+        .iter()
+        .any(|e| *e == registry || (host_of(e) == *e && *e == host_of(registry)))
+}
+
+/// Whether `registry` is plain HTTP only for being on loopback (not listed
+/// in `insecure`): such a registry may still serve TLS.
+pub(super) fn plain_for_loopback_only(insecure: &[String], registry: &str) -> bool {
+    is_loopback_registry(registry) && !is_listed(&insecure_entries(insecure), registry)
+}
+
+/// The URL scheme of `registry` given the plain-HTTP ones.
+pub(super) fn scheme_for(plain_http: &[String], registry: &str) -> &'static str {
+    if plain_http.iter().any(|p| p == registry) {
+        "http"
+    } else {
+        "https"
     }
-    out
 }
 
 #[cfg(test)]
@@ -158,5 +183,14 @@ mod tests {
             vec!["reg.lan", "other:5000", "reg.lan:5000", "127.0.0.1:4000"]
         );
         assert!(plain_http_registries(&[], &["index.docker.io"]).is_empty());
+        // Loopback ones may still serve TLS, unless listed.
+        assert!(plain_for_loopback_only(&[], "127.0.0.1:4000"));
+        assert!(plain_for_loopback_only(&insecure, "localhost"));
+        let listed = vec!["http://127.0.0.1:4000/".to_string()];
+        assert!(!plain_for_loopback_only(&listed, "127.0.0.1:4000"));
+        assert!(plain_for_loopback_only(&listed, "127.0.0.1:4001"));
+        assert!(!plain_for_loopback_only(&[], "reg.lan:5000"));
+        assert_eq!(scheme_for(&got, "ghcr.io"), "https");
+        assert_eq!(scheme_for(&got, "other:5000"), "http");
     }
 }

@@ -380,6 +380,8 @@ impl ContainerdSnapshotter {
             captured_at,
             options: merge_options(&self.config.defaults, options),
             docker_config: self.config.docker_config.clone(),
+            registry_ca: self.config.registry_ca.clone(),
+            registry_certs_dirs: self.config.registry_certs_dirs.clone(),
             push: PushTuning::of(&self.config),
             keep_failed: self.config.keep_failed,
         };

@@ -1,9 +1,11 @@
 //! The upload side of a push: one registry client, authenticated for the
 //! target, that checks, mounts and uploads blobs and puts the manifest.
 //!
-//! Checks, mounts, the manifest and pulls from the base image's registry go
-//! through the registry client (`oci-client`); blob uploads through our own
-//! requests ([`session`]: progress-watched, no whole-request timeout;
+//! Checks, the manifest and pulls from the base image's registry go
+//! through the registry client (`oci-client`); blob uploads and
+//! cross-repository mounts through our own requests ([`session`]:
+//! authorized by the push's [`Negotiator`], progress-watched, no
+//! whole-request timeout;
 //! [`chunked`]: chunked, resumable, monolithic as a fallback). Every blob
 //! upload streams (from the layer file, the [`BlobSource`] or the base
 //! image's registry); a failure of our side (reading the file, the source)
@@ -12,6 +14,7 @@
 mod chunked;
 mod session;
 
+use std::future::Future;
 use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
@@ -24,10 +27,12 @@ use tokio::io::AsyncSeekExt;
 use tokio_util::io::ReaderStream;
 
 use super::RegistrySettings;
-use super::auth::registry_auth;
-use super::reference::plain_http_registries;
+use super::auth::{Negotiator, push_scopes};
+use super::credentials;
+use super::reference::scheme_for;
 use super::retry::{Class, Failure, RetryPolicy, classify, error_chain, retry};
 use super::source::{BlobSource, LayerData, Origin};
+use super::tls;
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
 
@@ -39,6 +44,10 @@ pub(super) struct Pusher<'a> {
     client: Client,
     /// Our own upload requests.
     http: session::Http,
+    /// The client of the token handshake (base registry's pulls).
+    negotiation: reqwest::Client,
+    /// Registries reached over plain HTTP.
+    plain_http: Vec<String>,
     target: Reference,
     target_registry: String,
     source: Option<Reference>,
@@ -68,17 +77,14 @@ impl<'a> Pusher<'a> {
         if let Some(s) = &source {
             hosts.push(s.resolve_registry());
         }
-        // Installing twice is harmless; Client::new panics without a provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let plain = plain_http_registries(&settings.insecure, &hosts);
-        let scheme = if plain.contains(&target_registry) {
-            "http"
-        } else {
-            "https"
-        };
+        let roots = tls::extra_roots(&settings.ca_files, &settings.certs_dirs, &hosts)?;
+        let negotiation = tls::http_client(&roots)?;
+        let plain_http = tls::plain_http(&negotiation, &settings.insecure, &hosts).await;
+        let scheme = scheme_for(&plain_http, &target_registry);
         let tuning = &settings.tuning;
         let client_config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
+            protocol: ClientProtocol::HttpsExcept(plain_http.clone()),
+            extra_root_certificates: tls::oci_certificates(&roots),
             // Its uploads are not ours (blob uploads are), but its requests
             // are small: a read timeout up to the answer's headers is right.
             connect_timeout: Some(tuning.connect_timeout),
@@ -92,14 +98,23 @@ impl<'a> Pusher<'a> {
             budget: tuning.retry_budget,
         };
 
-        let auth = registry_auth(target.registry(), settings.docker_config.as_deref()).await?;
-        // Authenticates both (the client for its own requests).
+        let credential =
+            credentials::resolve(target.registry(), settings.docker_config.as_deref()).await?;
+        let negotiator = Negotiator {
+            http: negotiation.clone(),
+            scheme,
+            registry: target_registry.clone(),
+            credential,
+            scopes: push_scopes(&target, source.as_ref()),
+        };
+        // Authorizes both (the client for its own requests).
         let http = retry(policy, &target_registry, "authenticate", || {
             session::Http::new(
                 scheme,
                 client.clone(),
                 target.clone(),
-                auth.clone(),
+                negotiator.clone(),
+                &roots,
                 tuning.connect_timeout,
                 tuning.stall_timeout,
             )
@@ -109,6 +124,8 @@ impl<'a> Pusher<'a> {
         Ok(Pusher {
             client,
             http,
+            negotiation,
+            plain_http,
             target,
             target_registry,
             source,
@@ -132,25 +149,37 @@ impl<'a> Pusher<'a> {
         &self.target
     }
 
+    /// Runs a request of the registry client; a 401 gets one new token
+    /// (tokens expire, and one got for an identity token is not renewed by
+    /// the client itself) and a second try before it counts as a refusal.
+    async fn renewing<T, Fut>(&self, op: impl Fn() -> Fut) -> std::result::Result<T, Failure>
+    where
+        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        match op().await {
+            Err(e) if classify(&e) == Class::Unauthorized => {
+                tracing::debug!(error = %error_chain(&e), "401 from the registry client: new token");
+                self.http.refresh().await?;
+                op().await.map_err(Failure::Oci)
+            }
+            r => r.map_err(Failure::Oci),
+        }
+    }
+
     /// Whether the target repository has the blob.
     pub(super) async fn exists(&self, digest: &str) -> Result<bool> {
         retry(
             self.policy,
             &self.target_registry,
             &format!("check blob {digest}"),
-            || async {
-                self.client
-                    .blob_exists(&self.target, digest)
-                    .await
-                    .map_err(Failure::Oci)
-            },
+            || self.renewing(|| self.client.blob_exists(&self.target, digest)),
         )
         .await
     }
 
     /// Tries a cross-repository mount from the base image's repository.
-    /// Any failure (including the registry answering 202 = no mount) only
-    /// means "upload it instead".
+    /// Any failure (including the registry answering 202 = no mount, whose
+    /// upload session is then cancelled) only means "upload it instead".
     pub(super) async fn try_mount(&self, digest: &str) -> bool {
         let Some(src) = &self.source else {
             return false;
@@ -160,28 +189,29 @@ impl<'a> Pusher<'a> {
         {
             return false;
         }
-        match self.client.mount_blob(&self.target, src, digest).await {
-            Ok(()) => {
-                tracing::debug!(digest, from = src.repository(), "blob mounted");
-                true
-            }
-            Err(e) => {
-                tracing::debug!(digest, error = %error_chain(&e), "cross-repository mount refused; uploading");
-                false
-            }
-        }
+        self.http.mount(src.repository(), digest).await
     }
 
     async fn auth_source(&self, src: &Reference) -> std::result::Result<(), Failure> {
         self.source_auth
             .get_or_try_init(|| async {
-                let auth = registry_auth(src.registry(), self.settings.docker_config.as_deref())
+                let credential =
+                    credentials::resolve(src.registry(), self.settings.docker_config.as_deref())
+                        .await
+                        .map_err(Failure::Fatal)?;
+                let registry = src.resolve_registry();
+                let access = Negotiator {
+                    http: self.negotiation.clone(),
+                    scheme: scheme_for(&self.plain_http, registry),
+                    registry: registry.to_string(),
+                    credential,
+                    scopes: vec![format!("repository:{}:pull", src.repository())],
+                }
+                .access()
+                .await?;
+                access
+                    .install(&self.client, src, RegistryOperation::Pull)
                     .await
-                    .map_err(Failure::Fatal)?;
-                self.client
-                    .auth(src, &auth, RegistryOperation::Pull)
-                    .await
-                    .map(|_| ())
                     .map_err(Failure::Oci)
             })
             .await
@@ -294,15 +324,17 @@ impl<'a> Pusher<'a> {
             &self.target_registry,
             &format!("push manifest to {}", self.target),
             || async {
-                let content_type = media_type.parse().map_err(|_| {
-                    Failure::Fatal(Error::InvalidImage(format!(
-                        "bad manifest media type {media_type:?}"
-                    )))
-                })?;
-                self.client
-                    .push_manifest_raw(&self.target, body.clone(), content_type)
-                    .await
-                    .map_err(Failure::Oci)
+                let content_type: reqwest::header::HeaderValue =
+                    media_type.parse().map_err(|_| {
+                        Failure::Fatal(Error::InvalidImage(format!(
+                            "bad manifest media type {media_type:?}"
+                        )))
+                    })?;
+                self.renewing(|| {
+                    self.client
+                        .push_manifest_raw(&self.target, body.clone(), content_type.clone())
+                })
+                .await
             },
         )
         .await

@@ -19,12 +19,14 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt};
 use oci_client::errors::{OciDistributionError, OciEnvelope};
-use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, RANGE, RETRY_AFTER};
 use reqwest::{Method, Url};
+use rustls::pki_types::CertificateDer;
 
+use super::super::auth::{self, Authorization, Negotiator};
 use super::super::retry::{Failure, error_chain, parse_retry_after};
+use super::super::tls;
 use crate::error::Error;
 
 /// How much of an error answer's body is read (registries may answer with
@@ -39,14 +41,6 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// acknowledgement, so this bound only has to catch a registry that took
 /// everything and never answers.
 const ANSWER_STALLS: u32 = 4;
-
-/// What authenticates our requests.
-#[derive(Debug, Clone)]
-enum Authz {
-    Anonymous,
-    Basic(String, String),
-    Bearer(String),
-}
 
 /// The progress of one request: the bytes of its body handed to the
 /// connection, and when.
@@ -148,18 +142,20 @@ pub(super) struct Http {
     stall: Duration,
     oci: Client,
     target: Reference,
-    credentials: RegistryAuth,
-    authz: tokio::sync::RwLock<Authz>,
+    negotiator: Negotiator,
+    authz: tokio::sync::RwLock<Authorization>,
 }
 
 impl Http {
-    /// Requests to the target's registry, authenticated as `oci` was for
-    /// pushing to `target` with `credentials`.
+    /// Requests to the target's registry (trusting the push's extra TLS
+    /// `roots`), authorized by `negotiator` and handing each new token to
+    /// `oci` too.
     pub(super) async fn new(
         scheme: &str,
         oci: Client,
         target: Reference,
-        credentials: RegistryAuth,
+        negotiator: Negotiator,
+        roots: &[CertificateDer<'static>],
         connect: Duration,
         stall: Duration,
     ) -> Result<Http, Failure> {
@@ -171,6 +167,7 @@ impl Http {
             })
         })?;
         let client = reqwest::Client::builder()
+            .tls_certs_merge(tls::reqwest_certificates(roots).map_err(Failure::Fatal)?)
             .connect_timeout(connect)
             .tcp_user_timeout(stall)
             .tcp_keepalive(stall.min(Duration::from_secs(30)))
@@ -185,8 +182,8 @@ impl Http {
             stall,
             oci,
             target,
-            credentials,
-            authz: tokio::sync::RwLock::new(Authz::Anonymous),
+            negotiator,
+            authz: tokio::sync::RwLock::new(Authorization::Anonymous),
         };
         http.refresh().await?;
         Ok(http)
@@ -197,21 +194,31 @@ impl Http {
         &self.base
     }
 
-    /// Asks the registry again how to authenticate (a new token after a
-    /// 401: tokens expire).
+    /// Negotiates access again (a new token after a 401: tokens expire),
+    /// for our requests and the registry client's.
     pub(super) async fn refresh(&self) -> Result<(), Failure> {
-        let token = self
-            .oci
-            .auth(&self.target, &self.credentials, RegistryOperation::Push)
+        let access = self.negotiator.access().await?;
+        access
+            .install(&self.oci, &self.target, RegistryOperation::Push)
             .await
             .map_err(Failure::Oci)?;
-        let authz = match (token, &self.credentials) {
-            (Some(t), _) => Authz::Bearer(t),
-            (None, RegistryAuth::Basic(u, p)) => Authz::Basic(u.clone(), p.clone()),
-            (None, _) => Authz::Anonymous,
-        };
-        *self.authz.write().await = authz;
+        *self.authz.write().await = access.authorization().clone();
         Ok(())
+    }
+
+    /// Tries to mount blob `digest` from repository `from` of the same
+    /// registry ([`auth::mount`]).
+    pub(super) async fn mount(&self, from: &str, digest: &str) -> bool {
+        let authz = self.authz.read().await.clone();
+        auth::mount(
+            &self.client,
+            &self.base,
+            &authz,
+            self.target.repository(),
+            from,
+            digest,
+        )
+        .await
     }
 
     /// `POST /v2/<repo>/blobs/uploads/`: a new upload session's URL.
@@ -288,11 +295,7 @@ impl Http {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        req = match &*self.authz.read().await {
-            Authz::Anonymous => req,
-            Authz::Basic(u, p) => req.basic_auth(u, Some(p)),
-            Authz::Bearer(t) => req.bearer_auth(t),
-        };
+        req = auth::authorize(req, &*self.authz.read().await);
         let flow = match body {
             Some((b, flow)) => {
                 req = req.body(b);
