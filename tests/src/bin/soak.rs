@@ -5,7 +5,7 @@
 //! rig when needed and builds the CLI):
 //!
 //! ```text
-//! soak [--commits 500] [--writer-sleep-us 20000] [--json]
+//! soak [--commits 500] [--writer-sleep-us 20000] [--window 1000] [--json]
 //! ```
 //!
 //! The writer (busybox `sh` inside the container) repeats, for n = 1, 2, ...:
@@ -14,15 +14,20 @@
 //!    then a last line `sha256 <hex of the lines before it>`;
 //! 2. rename it to `/data/soak/d<n % 7>/<n>`;
 //! 3. append `n` to `/data/soak/log` (one `write`);
-//! 4. replace `/data/soak/last` with `n` (a rename).
+//! 4. replace `/data/soak/last` with `n` (a rename);
+//! 5. remove file `n - W` (W = `--window`, default 1000), so that the layer,
+//!    and with it each commit's cost, stays bounded however long the soak.
 //!
 //! So at every instant the container passes through, with M the highest file,
-//! L the last line of the log and K the number in `last`: files 1..=M all
-//! exist, each in its directory with its checksum valid and its own content;
-//! the log is exactly `1..=L`; and `K <= L <= M <= K + 1`. Files spread over
-//! seven directories, so a copy that is not of one instant (a late directory
-//! seen after an early one changed) shows a file whose predecessor is
-//! missing. Each pulled image must satisfy all of it.
+//! L the last line of the log and K the number in `last`: the files are
+//! exactly `lo..=M`, each in its directory with its checksum valid and its
+//! own content, where `lo` is `max(1, K - W + 1)` (or `max(1, K - W)` before
+//! step 5, and then `M = K`); the log is exactly `1..=L`; and
+//! `K <= L <= M <= K + 1`. In particular file N exists only if every file
+//! from `lo` to N does. Files spread over seven directories, so a copy that is
+//! not of one instant (a late directory seen after an early one changed)
+//! shows a file whose predecessor is missing, or one deleted too early. Each
+//! pulled image must satisfy all of it.
 //!
 //! Each commit is `seamless-snapshot commit --wait --json`; its `pause_time`
 //! goes into the distribution printed at the end. Exits 1 on any failed
@@ -42,6 +47,7 @@ const DIRS: u64 = 7;
 struct Args {
     commits: usize,
     writer_sleep_us: u64,
+    window: u64,
     json: bool,
 }
 
@@ -49,7 +55,7 @@ fn usage(msg: &str) -> ! {
     if !msg.is_empty() {
         eprintln!("soak: {msg}");
     }
-    eprintln!("usage: soak [--commits 500] [--writer-sleep-us 20000] [--json]");
+    eprintln!("usage: soak [--commits 500] [--writer-sleep-us 20000] [--window 1000] [--json]");
     std::process::exit(2);
 }
 
@@ -57,6 +63,7 @@ fn parse_args() -> Args {
     let mut a = Args {
         commits: 500,
         writer_sleep_us: 20_000,
+        window: 1000,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -69,19 +76,20 @@ fn parse_args() -> Args {
         match arg.as_str() {
             "-n" | "--commits" => a.commits = num("--commits") as usize,
             "--writer-sleep-us" => a.writer_sleep_us = num("--writer-sleep-us"),
+            "--window" => a.window = num("--window"),
             "--json" => a.json = true,
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
         }
     }
-    if a.commits == 0 {
-        usage("--commits must be > 0");
+    if a.commits == 0 || a.window == 0 {
+        usage("--commits and --window must be > 0");
     }
     a
 }
 
 /// The writer's script (see the module docs); `usleep` between files.
-fn writer_script(sleep_us: u64) -> String {
+fn writer_script(sleep_us: u64, window: u64) -> String {
     format!(
         r#"mkdir -p /data/soak && cd /data/soak || exit 1
 for d in 0 1 2 3 4 5 6; do mkdir -p d$d; done
@@ -96,6 +104,8 @@ while true; do
   mv $d/.tmp $d/$n
   echo $n >> log
   echo $n > .last.tmp && mv .last.tmp last
+  o=$((n - {window}))
+  [ $o -ge 1 ] && rm d$((o % {DIRS}))/$o
   usleep {sleep_us}
 done"#
     )
@@ -108,9 +118,9 @@ fn expected_payload(n: u64) -> String {
         .collect()
 }
 
-/// Checks the writer's invariant on an unpacked image; returns the
-/// violations (empty when it holds) and the highest file number.
-fn check_image(rootfs: &Path) -> (Vec<String>, u64) {
+/// Checks the writer's invariant (window `w`) on an unpacked image; returns
+/// the violations (empty when it holds) and the highest file number.
+fn check_image(rootfs: &Path, w: u64) -> (Vec<String>, u64) {
     let soak = rootfs.join("data/soak");
     let mut bad = Vec::new();
     let mut files = BTreeSet::new();
@@ -150,10 +160,11 @@ fn check_image(rootfs: &Path) -> (Vec<String>, u64) {
         }
     }
     let m = files.last().copied().unwrap_or(0);
-    if files.len() as u64 != m {
-        let missing: Vec<u64> = (1..=m).filter(|n| !files.contains(n)).take(10).collect();
+    let lo = files.first().copied().unwrap_or(1);
+    if files.len() as u64 != m + 1 - lo.min(m + 1) {
+        let missing: Vec<u64> = (lo..=m).filter(|n| !files.contains(n)).take(10).collect();
         bad.push(format!(
-            "highest file {m} but {} files; missing (first 10): {missing:?}",
+            "files {lo}..={m} but only {} of them; missing (first 10): {missing:?}",
             files.len()
         ));
     }
@@ -185,6 +196,15 @@ fn check_image(rootfs: &Path) -> (Vec<String>, u64) {
     if !(k <= l && l <= m && m <= k + 1) {
         bad.push(format!(
             "last {k}, log {l}, highest file {m}: not last <= log <= highest <= last + 1"
+        ));
+    }
+    // The lowest file: K - W + 1 once step 5 of K ran, K - W before (and
+    // then file K + 1 is not written yet).
+    let after = (k + 1).saturating_sub(w).max(1);
+    let before = k.saturating_sub(w).max(1);
+    if !files.is_empty() && lo != after && !(lo == before && m == k) {
+        bad.push(format!(
+            "lowest file {lo} with last {k}, highest {m}: expected {after} (or {before} with highest {k})"
         ));
     }
     (bad, m)
@@ -231,7 +251,7 @@ fn main() {
         }
     };
     let id = "soak";
-    rig.run_container(id, &writer_script(args.writer_sleep_us));
+    rig.run_container(id, &writer_script(args.writer_sleep_us, args.window));
     let last = rig.rootfs(id).join("data/soak/last");
     wait_until(Duration::from_secs(30), || last.exists())
         .unwrap_or_else(|_| panic!("the writer did not start"));
@@ -267,7 +287,7 @@ fn main() {
         let pause_ms = result["pause_time"].as_f64().unwrap_or(f64::NAN) * 1e3;
         pauses.push(pause_ms);
         let rootfs = rig.pull_unpack(&target);
-        let (bad, m) = check_image(&rootfs);
+        let (bad, m) = check_image(&rootfs, args.window);
         // pull_unpack's directory is <tmp>/pull-N/bundle/rootfs.
         if let Some(pull_dir) = rootfs.parent().and_then(Path::parent) {
             let _ = fs::remove_dir_all(pull_dir);
@@ -286,7 +306,7 @@ fn main() {
         }
         if i % 10 == 0 || !bad.is_empty() {
             eprintln!(
-                "commit {i}: pause {pause_ms:.3} ms, {m} files, {:.0} s elapsed",
+                "commit {i}: pause {pause_ms:.3} ms, highest file {m}, {:.0} s elapsed",
                 start.elapsed().as_secs_f64()
             );
         }
@@ -304,6 +324,7 @@ fn main() {
         "invariant_violations": violations,
         "writer_still_running": running,
         "highest_file": highest,
+        "window": args.window,
         "pause_ms": {
             "p50": percentile(&sorted, 50.0),
             "p99": percentile(&sorted, 99.0),
@@ -367,20 +388,35 @@ mod tests {
         )
         .unwrap();
         fs::write(soak.join("last"), "19\n").unwrap();
-        assert_eq!(check_image(root.path()), (vec![], 20));
+        assert_eq!(check_image(root.path(), 1000), (vec![], 20));
 
         write_file(&soak, 22, &good(22));
-        let (bad, _) = check_image(root.path());
+        let (bad, _) = check_image(root.path(), 1000);
         assert!(bad.iter().any(|b| b.contains("missing")), "{bad:?}");
         fs::remove_file(soak.join("d1/22")).unwrap();
 
         write_file(&soak, 5, &good(5).replace("line 0", "line X"));
-        let (bad, _) = check_image(root.path());
+        let (bad, _) = check_image(root.path(), 1000);
         assert!(bad.iter().any(|b| b.contains("file 5")), "{bad:?}");
         write_file(&soak, 5, &good(5));
 
         fs::write(soak.join("last"), "17\n").unwrap();
-        let (bad, _) = check_image(root.path());
+        let (bad, _) = check_image(root.path(), 1000);
         assert!(bad.iter().any(|b| b.contains("last 17")), "{bad:?}");
+        fs::write(soak.join("last"), "19\n").unwrap();
+
+        // A window of 10 after file 19's step 5: files 10..=20 are one too
+        // many (file 9 was removed before 20 was written) ...
+        let (bad, _) = check_image(root.path(), 10);
+        assert!(bad.iter().any(|b| b.contains("lowest file 1")), "{bad:?}");
+        // ... and files 10..=20 (written 20, not yet `last`) are right.
+        for n in 1..10 {
+            fs::remove_file(soak.join(format!("d{}/{n}", n % DIRS))).unwrap();
+        }
+        assert_eq!(check_image(root.path(), 10), (vec![], 20));
+        // A file deleted out of order is a gap.
+        fs::remove_file(soak.join("d5/12")).unwrap();
+        let (bad, _) = check_image(root.path(), 10);
+        assert!(bad.iter().any(|b| b.contains("missing")), "{bad:?}");
     }
 }
