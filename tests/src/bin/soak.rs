@@ -5,7 +5,7 @@
 //! rig when needed and builds the CLI):
 //!
 //! ```text
-//! soak [--commits 500] [--writer-sleep-us 20000] [--window 1000] [--json]
+//! soak [--commits 500] [--writer-sleep-us 50000] [--window 1000] [--json]
 //! ```
 //!
 //! The writer (busybox `sh` inside the container) repeats, for n = 1, 2, ...:
@@ -55,14 +55,14 @@ fn usage(msg: &str) -> ! {
     if !msg.is_empty() {
         eprintln!("soak: {msg}");
     }
-    eprintln!("usage: soak [--commits 500] [--writer-sleep-us 20000] [--window 1000] [--json]");
+    eprintln!("usage: soak [--commits 500] [--writer-sleep-us 50000] [--window 1000] [--json]");
     std::process::exit(2);
 }
 
 fn parse_args() -> Args {
     let mut a = Args {
         commits: 500,
-        writer_sleep_us: 20_000,
+        writer_sleep_us: 50_000,
         window: 1000,
         json: false,
     };
@@ -304,12 +304,11 @@ fn main() {
                 eprintln!("  {b}");
             }
         }
-        if i % 10 == 0 || !bad.is_empty() {
-            eprintln!(
-                "commit {i}: pause {pause_ms:.3} ms, highest file {m}, {:.0} s elapsed",
-                start.elapsed().as_secs_f64()
-            );
-        }
+        // Every commit, so that a run cut short still has its numbers.
+        eprintln!(
+            "commit {i}: pause {pause_ms:.3} ms, highest file {m}, {:.0} s elapsed",
+            start.elapsed().as_secs_f64()
+        );
     }
     // The writer must still be running: the soak never stopped it.
     let running = rig.task_status(id).as_deref() == Some("RUNNING");
