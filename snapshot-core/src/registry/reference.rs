@@ -65,7 +65,7 @@ fn is_loopback_registry(registry: &str) -> bool {
 /// The registries among `registries` to reach over plain HTTP: loopback
 /// ones and those listed in `insecure` (an entry without a port matches any
 /// port), plus the `insecure` entries themselves.
-pub(super) fn plain_http_registries(insecure: &[String], registries: &[&str]) -> Vec<String> {
+pub(crate) fn plain_http_registries(insecure: &[String], registries: &[&str]) -> Vec<String> {
     let entries: Vec<&str> = insecure
         .iter()
         .map(|e| {
