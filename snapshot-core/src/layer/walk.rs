@@ -8,10 +8,10 @@
 //! directories before their children, so the same tree always gives the same
 //! bytes; a regular file is opened (and checked to be the inode stat'ed)
 //! before its header is written, and exactly the size in its header is
-//! written for it; a name starting with `.wh.` is refused, a whiteout's too. The capture
-//! directory is private to us, but its paths may be far longer than
-//! `PATH_MAX`: the walk is iterative, every entry is reached by name relative
-//! to its open directory, the open directories are kept in a
+//! written for it; a name starting with `.wh.` is refused, a whiteout's
+//! too. The capture directory is private to us, but its paths may be far
+//! longer than `PATH_MAX`: the walk is iterative, every entry is reached by
+//! name relative to its open directory, the open directories are kept in a
 //! [`DirStack`] (bounded fds at any depth), and a tree deeper than
 //! [`MAX_TREE_DEPTH`] is refused with its path. Tar names are whole paths
 //! (PAX `path` records where ustar fields are too short).
