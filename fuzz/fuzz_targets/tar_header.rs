@@ -29,7 +29,8 @@ struct Input {
 
 fuzz_target!(|input: Input| {
     // What the walker can produce: a non-empty relative path without NUL,
-    // no `=` or NUL in xattr names, nanoseconds below one second.
+    // no `=` or NUL in xattr names, nanoseconds below one second, sizes of
+    // files.
     let path: Vec<u8> = input.path.iter().copied().filter(|&b| b != 0).collect();
     if path.is_empty() || path[0] == b'/' {
         return;
@@ -42,7 +43,9 @@ fuzz_target!(|input: Input| {
         .cloned()
         .collect();
     let kind = input.kind % 7;
-    let size = if kind == 0 { input.size } else { 0 };
+    // A file's size is an off_t: at most i64::MAX (the `tar` crate cannot
+    // read a size near u64::MAX back).
+    let size = if kind == 0 { input.size.min(i64::MAX as u64) } else { 0 };
     let e = TarEntry {
         path: path.clone(),
         kind,
