@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
     let registries = lines.get(cut + 1..).unwrap_or_default();
     let plain = fuzzing::plain_http_registries(&insecure, registries);
     for r in registries {
-        if r.starts_with("127.0.0.1:") || *r == "localhost" {
+        let port = r.strip_prefix("127.0.0.1:");
+        if port.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            || *r == "localhost"
+        {
             assert!(
                 plain.iter().any(|p| p == r),
                 "loopback {r:?} not plain HTTP"
