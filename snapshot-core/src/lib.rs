@@ -44,6 +44,13 @@ mod status;
 mod sys;
 mod types;
 
+// Entry points for the `cargo fuzz` targets (fuzz/), which build with
+// `--cfg fuzzing`; never part of a normal build or of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod fuzzing;
+
 use std::time::Duration;
 
 #[doc(inline)]

@@ -83,7 +83,7 @@ struct LinuxSpec {
 
 /// `linux.cgroupsPath` of an OCI runtime spec's JSON; `None` when unset or
 /// empty.
-fn spec_cgroups_path(json: &[u8]) -> serde_json::Result<Option<String>> {
+pub(crate) fn spec_cgroups_path(json: &[u8]) -> serde_json::Result<Option<String>> {
     let spec: RuntimeSpec = serde_json::from_slice(json)?;
     Ok(spec
         .linux

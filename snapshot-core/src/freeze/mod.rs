@@ -35,6 +35,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use discover::{freezer_for_pids, pids_below};
+// The parsers of outside input, for the fuzz targets (`crate::fuzzing`).
+#[cfg(fuzzing)]
+pub(crate) use {
+    discover::freezer_dirs, scope::container_cgroup, v1::parse_v1_state, v2::parse_events_frozen,
+};
 
 use crate::error::{Error, Result};
 use crate::types::FreezerKind;

@@ -22,13 +22,13 @@ pub(super) const V1_STATE: &str = "freezer.state";
 
 /// States of the v1 `freezer.state` file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum V1State {
+pub(crate) enum V1State {
     Thawed,
     Freezing,
     Frozen,
 }
 
-pub(super) fn parse_v1_state(text: &[u8]) -> Option<V1State> {
+pub(crate) fn parse_v1_state(text: &[u8]) -> Option<V1State> {
     match text.trim_ascii() {
         b"THAWED" => Some(V1State::Thawed),
         b"FREEZING" => Some(V1State::Freezing),

@@ -104,7 +104,7 @@ impl CgroupV2Freezer {
 }
 
 /// The value of the `frozen` key of a `cgroup.events` file.
-pub(super) fn parse_events_frozen(text: &[u8]) -> Option<bool> {
+pub(crate) fn parse_events_frozen(text: &[u8]) -> Option<bool> {
     text.split(|&b| b == b'\n').find_map(|line| {
         let value = line.strip_prefix(b"frozen ")?;
         match value.trim_ascii() {

@@ -33,6 +33,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::procfs::idmap::UserNamespace;
 use crate::types::Compression;
 use compress::{Encoder, HashWriter};
+// The header encoder, for the fuzz targets (`crate::fuzzing`).
+#[cfg(fuzzing)]
+pub(crate) use tar::{Entry, Kind, encode_header};
 pub(crate) use xattrs::XattrPolicy;
 
 /// What was built.

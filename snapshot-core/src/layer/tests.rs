@@ -564,6 +564,15 @@ fn redirect_metacopy_and_wh_names_are_unsupported() {
     fs::create_dir(&r3).unwrap();
     fs::write(r3.join(".wh.x"), b"").unwrap();
     expect_unsupported(&r3, &tmp.path().join("o3"));
+
+    // An overlay whiteout whose own name starts with .wh. (found by the
+    // layer_tree fuzz target): converted, it would read as another marker —
+    // for `.wh..opq`, `.wh..wh..opq`, making its whole directory opaque.
+    let r4 = tmp.path().join("r4");
+    fs::create_dir_all(r4.join("d")).unwrap();
+    fs::write(r4.join("d/kept"), b"").unwrap();
+    whiteout(&r4.join("d/.wh..opq"));
+    expect_unsupported(&r4, &tmp.path().join("o4"));
 }
 
 /// Sets `name` if the filesystem (or a security module) allows it.

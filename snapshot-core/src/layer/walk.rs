@@ -10,10 +10,10 @@
 //! directories before their children, so the same tree always gives the same
 //! bytes; a regular file is opened (and checked to be the inode stat'ed)
 //! before its header is written, and exactly the size in its header is
-//! written for it; a real name starting with `.wh.` is refused. The capture
-//! directory is private to us, but its paths may be far longer than
-//! `PATH_MAX`: the walk is iterative, every entry is reached by name relative
-//! to its open directory, the open directories are kept in a
+//! written for it; a name starting with `.wh.` is refused, a whiteout's
+//! too. The capture directory is private to us, but its paths may be far
+//! longer than `PATH_MAX`: the walk is iterative, every entry is reached by
+//! name relative to its open directory, the open directories are kept in a
 //! [`DirStack`] (bounded fds at any depth), and a tree deeper than
 //! [`MAX_TREE_DEPTH`] is refused with its path. Tar names are whole paths
 //! (PAX `path` records where ustar fields are too short).
@@ -223,6 +223,14 @@ impl<W: Write> Walker<'_, W> {
             tracing::debug!(path = %abs(base, rel).display(), "skipping socket");
             return Ok(None);
         }
+        // Before the whiteout conversion: a whiteout of a `.wh.` name would
+        // become another marker (`.wh..opq` the opaque one).
+        if name_b.starts_with(WH_PREFIX) {
+            return Err(Error::Unsupported(format!(
+                "{}: a file name starting with .wh. cannot be stored in an OCI layer",
+                abs(base, rel).display()
+            )));
+        }
         let mtime_nsec = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
         if fmt == libc::S_IFCHR && st.st_rdev == 0 {
             // Overlay whiteout. Whiteouts are often hard links to one shared
@@ -236,13 +244,6 @@ impl<W: Write> Walker<'_, W> {
             self.emit(&e)?;
             return Ok(None);
         }
-        if name_b.starts_with(WH_PREFIX) {
-            return Err(Error::Unsupported(format!(
-                "{}: a file name starting with .wh. cannot be stored in an OCI layer",
-                abs(base, rel).display()
-            )));
-        }
-
         let mut e = Entry::new(Vec::new(), Kind::Regular);
         e.mode = st.st_mode & 0o7777;
         let (uid, gid) = match self.owners {

@@ -44,7 +44,7 @@ pub(crate) fn shared_writable_mappings(pids: &HashSet<u32>) -> HashSet<SharedMap
 }
 
 /// The shared-writable file mappings of one `/proc/<pid>/maps`.
-fn parse_maps(text: &[u8]) -> impl Iterator<Item = SharedMapping> + '_ {
+pub(crate) fn parse_maps(text: &[u8]) -> impl Iterator<Item = SharedMapping> + '_ {
     text.split(|&b| b == b'\n').filter_map(parse_line)
 }
 

@@ -11,7 +11,7 @@ fn fields_after_comm(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
 }
 
 /// Field `n` (1-based, as proc(5) numbers them; `n >= 3`) as a number.
-fn numeric_field(stat: &str, n: usize) -> Option<u64> {
+pub(crate) fn numeric_field(stat: &str, n: usize) -> Option<u64> {
     fields_after_comm(stat)?
         .nth(n.checked_sub(3)?)?
         .parse()
@@ -20,12 +20,12 @@ fn numeric_field(stat: &str, n: usize) -> Option<u64> {
 
 /// The start time of a process (field 22), in clock ticks since boot.
 /// Together with the pid it names one process: a recycled pid has another.
-fn parse_start_ticks(stat: &str) -> Option<u64> {
+pub(crate) fn parse_start_ticks(stat: &str) -> Option<u64> {
     numeric_field(stat, 22)
 }
 
 /// The state letter of a stat line (field 3: `R`, `S`, `Z`, ...).
-fn parse_state(stat: &str) -> Option<char> {
+pub(crate) fn parse_state(stat: &str) -> Option<char> {
     let state = fields_after_comm(stat)?.next()?;
     let mut chars = state.chars();
     let c = chars.next()?;

@@ -39,6 +39,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, NewImage, sha256_digest};
 pub(crate) use reference::parse_reference;
+// For the fuzz targets (`crate::fuzzing`).
+#[cfg(fuzzing)]
+pub(crate) use reference::plain_http_registries;
 pub(crate) use source::BlobSource;
 use source::{LayerData, Origin};
 pub(crate) use tls::DEFAULT_CERTS_DIRS;

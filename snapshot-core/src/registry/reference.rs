@@ -41,6 +41,15 @@ pub(crate) fn parse_reference(s: &str) -> Result<Reference> {
     if r.repository().is_empty() {
         return Err(invalid("missing repository".into()));
     }
+    // oci-client takes an uppercase first component (`Me/app`) as part of a
+    // Docker Hub repository, which the grammar forbids and whose full form
+    // it rejects itself; Docker would read it as a registry host.
+    if r.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(invalid(format!(
+            "repository {:?} must be lowercase",
+            r.repository()
+        )));
+    }
     Ok(r)
 }
 
@@ -66,7 +75,7 @@ fn is_loopback_registry(registry: &str) -> bool {
 /// The registries among `registries` to reach over plain HTTP: loopback
 /// ones and those listed in `insecure` (an entry without a port matches any
 /// port), plus the `insecure` entries themselves.
-pub(super) fn plain_http_registries(insecure: &[String], registries: &[&str]) -> Vec<String> {
+pub(crate) fn plain_http_registries(insecure: &[String], registries: &[&str]) -> Vec<String> {
     let entries = insecure_entries(insecure);
     let mut out: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
     for r in registries {
@@ -141,6 +150,10 @@ mod tests {
             "localhost:5000",
             "example.com/repo@sha256:abc",
             "example.com//repo",
+            // Uppercase in the first of several components (found by the
+            // reference fuzz target: accepted, with a full form that is not).
+            "R01000/a/b:v.",
+            "Me/app",
         ] {
             let e = parse_reference(bad).unwrap_err();
             assert!(matches!(e, Error::InvalidReference { .. }), "{bad}: {e}");
