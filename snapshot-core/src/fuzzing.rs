@@ -223,7 +223,21 @@ pub fn build_layer_tar(
     extra: Vec<String>,
 ) -> Result<u64, String> {
     let policy = crate::layer::XattrPolicy { userxattr, extra };
-    crate::layer::build_layer(capture_dir, out, Compression::None, &policy, &mut |_| {})
-        .map(|b| b.entries)
-        .map_err(|e| e.to_string())
+    crate::layer::build_layer(
+        capture_dir,
+        out,
+        Compression::None,
+        &policy,
+        None,
+        &mut |_| {},
+    )
+    .map(|b| b.entries)
+    .map_err(|e| e.to_string())
+}
+
+/// `/proc/<pid>/uid_map` (or `gid_map`): the ID an outside ID maps to
+/// inside, for each of `probes`, or the parse error's text.
+pub fn id_map(text: &[u8], probes: &[u32]) -> Result<Vec<Option<u32>>, String> {
+    let map = crate::procfs::idmap::IdMap::parse(text).map_err(|e| e.to_string())?;
+    Ok(probes.iter().map(|&id| map.to_inside(id)).collect())
 }
