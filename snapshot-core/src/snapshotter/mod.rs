@@ -509,6 +509,9 @@ fn merge_options(defaults: &CommitOptions, given: &CommitOptions) -> CommitOptio
     if o.author.is_none() {
         o.author = defaults.author.clone();
     }
+    o.compression_level = o.compression_level.or(defaults.compression_level);
+    o.compression_threads = o.compression_threads.or(defaults.compression_threads);
+    o.max_sparse_expansion = o.max_sparse_expansion.or(defaults.max_sparse_expansion);
     for h in &defaults.insecure_registries {
         if !o.insecure_registries.contains(h) {
             o.insecure_registries.push(h.clone());
