@@ -42,7 +42,8 @@ pub(super) fn next_data(fd: impl AsFd, from: u64, size: u64) -> nix::Result<Opti
     Ok(Some((start, end.max(start))))
 }
 
-/// How many bytes of the first `size` bytes of the file are holes.
+/// How many bytes of the first `size` bytes of the file are holes. The
+/// file offset is back at 0 afterwards (seeking for holes moves it).
 pub(super) fn hole_bytes(fd: impl AsFd, size: u64) -> nix::Result<u64> {
     let fd = fd.as_fd();
     let mut pos = 0;
@@ -54,5 +55,35 @@ pub(super) fn hole_bytes(fd: impl AsFd, size: u64) -> nix::Result<u64> {
             break;
         }
     }
+    lseek(fd, 0, Whence::SeekSet)?;
     Ok(size - data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn holes_counted_and_offset_restored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.write_all_at(b"data", 1 << 20).unwrap();
+        let mut f = std::fs::File::open(&p).unwrap();
+        let holes = hole_bytes(&f, 4 << 20).unwrap();
+        // At least the first MiB and most of the rest are holes.
+        assert!(((3 << 20)..(4 << 20)).contains(&holes), "{holes}");
+        let mut all = Vec::new();
+        f.read_to_end(&mut all).unwrap();
+        assert_eq!(all.len(), 4 << 20);
+        assert_eq!(&all[1 << 20..(1 << 20) + 4], b"data");
+        assert_eq!(
+            next_data(&f, 0, 4 << 20).unwrap().map(|r| r.0),
+            Some(1 << 20)
+        );
+        assert_eq!(next_data(&f, (2 << 20) + 1, 4 << 20).unwrap(), None);
+    }
 }

@@ -13,6 +13,8 @@ use sha2::Sha256;
 
 use crate::sys::xattr::{self, XRef};
 
+mod throughput;
+
 const MTIME: (i64, i64) = (1_700_000_000, 123_456_789);
 
 fn setx(path: &Path, name: &str, value: &[u8]) {
