@@ -8,22 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use seamless_snapshot::{CommitOptions, Compression, ContainerdSnapshotter};
-use seamless_snapshot_tests::{Rig, check_cmd};
+use seamless_snapshot_tests::{Rig, check_cmd, noise};
 
 const PUSH_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Pseudo-random (incompressible) bytes.
-fn noise(n: usize, mut x: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
-}
 
 #[test]
 #[ignore = "needs root and the test rig (tests/run.sh)"]

@@ -137,6 +137,14 @@ func main() {
 const PY_GUNZIP: &str =
     "import gzip, sys\nsys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))";
 
+/// Unpacks `blob` with GNU tar into the new directory `dest`.
+fn untar(blob: &LayerBlob, dest: &Path) -> PathBuf {
+    fs::create_dir(dest).unwrap();
+    let mut cmd = Command::new("tar");
+    run(cmd.arg("-xf").arg(&blob.path).arg("-C").arg(dest), None);
+    dest.to_path_buf()
+}
+
 /// Compares the regular files, symlinks and directories of two trees.
 fn same_tree(a: &Path, b: &Path) {
     let mut names: Vec<_> = fs::read_dir(a)
@@ -210,16 +218,7 @@ fn multi_threaded_layers_read_back_by_system_tools() {
         };
         assert_eq!(blob.diff_id, sha(&tar));
         assert_eq!(blob.uncompressed_size, tar.len() as u64);
-        let dest = tmp.path().join(format!("x-{c}-{level:?}"));
-        fs::create_dir(&dest).unwrap();
-        run(
-            Command::new("tar")
-                .arg("-xf")
-                .arg(&blob.path)
-                .arg("-C")
-                .arg(&dest),
-            None,
-        );
+        let dest = untar(blob, &tmp.path().join(format!("x-{c}-{level:?}")));
         same_tree(&root, &dest);
         fs::remove_dir_all(&dest).unwrap();
     }
@@ -258,16 +257,7 @@ fn sparse_file_round_trips_without_reading_its_holes() {
     );
     let tar = decompress(&blob);
     assert_eq!(blob.diff_id, sha(&tar));
-    let dest = tmp.path().join("x");
-    fs::create_dir(&dest).unwrap();
-    run(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&blob.path)
-            .arg("-C")
-            .arg(&dest),
-        None,
-    );
+    let dest = untar(&blob, &tmp.path().join("x"));
     let got = fs::read(dest.join("disk.img")).unwrap();
     assert!(got == want, "the sparse file's contents changed");
 }
