@@ -191,6 +191,9 @@ class SeamlessSnapshot:
         author: Optional[str] = None,
         insecure_registries: Optional[Sequence[str]] = None,
         extra_xattrs: Optional[Sequence[str]] = None,
+        compression_level: Optional[int] = None,
+        compression_threads: Optional[int] = None,
+        max_sparse_expansion: Optional[int] = None,
     ) -> SnapshotResult:
         """Captures the container and returns right after the thaw.
 
@@ -210,6 +213,9 @@ class SeamlessSnapshot:
         author: Optional[str] = None,
         insecure_registries: Optional[Sequence[str]] = None,
         extra_xattrs: Optional[Sequence[str]] = None,
+        compression_level: Optional[int] = None,
+        compression_threads: Optional[int] = None,
+        max_sparse_expansion: Optional[int] = None,
     ) -> SnapshotResult:
         """Like ``commit``, then waits for the push (default timeout 1800 s)."""
     def get_status(self, snapshot_id: str) -> SnapshotStatus: ...
@@ -227,6 +233,9 @@ class SeamlessSnapshot:
         author: Optional[str] = None,
         insecure_registries: Optional[Sequence[str]] = None,
         extra_xattrs: Optional[Sequence[str]] = None,
+        compression_level: Optional[int] = None,
+        compression_threads: Optional[int] = None,
+        max_sparse_expansion: Optional[int] = None,
     ) -> SnapshotResult: ...
     async def commit_with_wait_async(
         self,
@@ -241,6 +250,9 @@ class SeamlessSnapshot:
         author: Optional[str] = None,
         insecure_registries: Optional[Sequence[str]] = None,
         extra_xattrs: Optional[Sequence[str]] = None,
+        compression_level: Optional[int] = None,
+        compression_threads: Optional[int] = None,
+        max_sparse_expansion: Optional[int] = None,
     ) -> SnapshotResult: ...
     async def wait_async(
         self, snapshot_id: str, timeout: Optional[_Seconds] = None

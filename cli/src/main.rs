@@ -49,6 +49,16 @@ struct CommitArgs {
     /// Layer compression.
     #[arg(long, default_value = "gzip")]
     compression: Compression,
+    /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
+    #[arg(long)]
+    compression_level: Option<i32>,
+    /// Compression threads (default: one per core).
+    #[arg(long)]
+    compression_threads: Option<u32>,
+    /// The most bytes of holes one sparse file may expand to in the layer
+    /// (default 16 GiB).
+    #[arg(long)]
+    max_sparse_expansion: Option<u64>,
     /// A registry host reached over plain HTTP (loopback ones always are).
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
@@ -210,6 +220,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 wait,
                 timeout,
                 compression,
+                compression_level,
+                compression_threads,
+                max_sparse_expansion,
                 insecure_registry,
                 xattrs,
                 verify_capture,
@@ -249,6 +262,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             let options = CommitOptions {
                 compression,
+                compression_level,
+                compression_threads,
+                max_sparse_expansion,
                 labels: parse_pairs(&labels, "label")?.into_iter().collect(),
                 annotations: parse_pairs(&annotations, "annotation")?
                     .into_iter()

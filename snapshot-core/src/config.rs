@@ -187,6 +187,20 @@ impl Default for Config {
 pub struct CommitOptions {
     /// Compression of the new layer.
     pub compression: Compression,
+    /// Compression level: gzip 0 to 9, zstd 1 to 22. `None`: the
+    /// configured default, else gzip 6 / zstd 3. Out of range fails the
+    /// build with `invalid_argument`.
+    pub compression_level: Option<i32>,
+    /// Threads compressing the layer (gzip in independent 128 KiB blocks, as
+    /// pigz; zstd in its multi-threaded mode), at most 16; the output does
+    /// not depend on it. `None` or 0: one per available core.
+    pub compression_threads: Option<u32>,
+    /// The most bytes of holes one sparse file may have: holes are written
+    /// to the layer as zeros (without being read from disk), so a huge
+    /// sparse file would expand to its full size; above this the build fails
+    /// with `unsupported`, naming the file. `None`: the configured default,
+    /// else [`CommitOptions::DEFAULT_MAX_SPARSE_EXPANSION`].
+    pub max_sparse_expansion: Option<u64>,
     /// Labels added to the image config (`config.Labels`).
     pub labels: BTreeMap<String, String>,
     /// Annotations added to the manifest.
@@ -213,4 +227,9 @@ pub struct CommitOptions {
     /// full compare in the window (about 1.5 µs per entry), which is what
     /// the incremental sync exists to avoid.
     pub verify_capture: bool,
+}
+
+impl CommitOptions {
+    /// Default `max_sparse_expansion`: 16 GiB.
+    pub const DEFAULT_MAX_SPARSE_EXPANSION: u64 = 16 << 30;
 }

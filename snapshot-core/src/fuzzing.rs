@@ -223,10 +223,16 @@ pub fn build_layer_tar(
     extra: Vec<String>,
 ) -> Result<u64, String> {
     let policy = crate::layer::XattrPolicy { userxattr, extra };
+    let opts = crate::layer::BuildOptions {
+        compression: Compression::None,
+        level: None,
+        threads: 1,
+        max_sparse_expansion: crate::CommitOptions::DEFAULT_MAX_SPARSE_EXPANSION,
+    };
     crate::layer::build_layer(
         capture_dir,
         out,
-        Compression::None,
+        &opts,
         &policy,
         None,
         &mut |_| {},

@@ -283,7 +283,7 @@ async fn run_inner(
         _ => {}
     }
     let capture_dir = spec.capture_dir.clone();
-    let compression = spec.options.compression;
+    let build = layer::BuildOptions::of(&spec.options);
     let xattrs = layer::XattrPolicy {
         userxattr: spec.overlay_userxattr,
         extra: spec.options.extra_xattrs.clone(),
@@ -295,7 +295,7 @@ async fn run_inner(
         layer::build_layer(
             &capture_dir,
             &bp,
-            compression,
+            &build,
             &xattrs,
             owners.as_ref(),
             &mut |done| w.progress(done, total),

@@ -348,10 +348,14 @@ pub unsafe extern "C" fn seamless_commit_with_wait(
 
 /// Commits with per-commit options. `options_json` is the JSON form of the
 /// Rust `CommitOptions` (NULL: all defaults); every field is optional:
-/// `{"compression": "gzip"|"zstd"|"none", "labels": {"k": "v"},
-/// "annotations": {"k": "v"}, "message": "...", "author": "...",
-/// "insecure_registries": ["host:port"], "extra_xattrs": ["trusted.",
-/// "security.selinux"]}`. `timeout_ms` 0 returns after
+/// `{"compression": "gzip"|"zstd"|"none", "compression_level": 6,
+/// "compression_threads": 0, "max_sparse_expansion": 17179869184,
+/// "labels": {"k": "v"}, "annotations": {"k": "v"}, "message": "...",
+/// "author": "...", "insecure_registries": ["host:port"], "extra_xattrs":
+/// ["trusted.", "security.selinux"]}` (`compression_level`: gzip 0-9,
+/// default 6, zstd 1-22, default 3; `compression_threads`: 0 or null is
+/// one per core; `max_sparse_expansion`: the most bytes of holes one sparse
+/// file may expand to, default 16 GiB). `timeout_ms` 0 returns after
 /// the thaw like `seamless_commit`; otherwise waits like
 /// `seamless_commit_with_wait`, including what it writes on a timeout.
 ///

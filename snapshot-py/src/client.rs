@@ -178,6 +178,7 @@ fn commit_options(
     author: Option<String>,
     insecure_registries: Option<Vec<String>>,
     extra_xattrs: Option<Vec<String>>,
+    build: BuildArgs,
 ) -> PyResult<CommitOptions> {
     let compression = match compression {
         Some(c) => c.parse::<Compression>().py_err(py)?,
@@ -193,8 +194,14 @@ fn commit_options(
         extra_xattrs: extra_xattrs.unwrap_or_default(),
         // A test and audit option: from the configuration's defaults.
         verify_capture: false,
+        compression_level: build.0,
+        compression_threads: build.1,
+        max_sparse_expansion: build.2,
     })
 }
+
+/// `compression_level`, `compression_threads`, `max_sparse_expansion`.
+type BuildArgs = (Option<i32>, Option<u32>, Option<u64>);
 
 /// `asyncio.to_thread(method, *args, **kwargs)`: a coroutine that runs the
 /// blocking method in the event loop's default executor.
@@ -331,6 +338,12 @@ impl Client {
     ///         ``security.capability`` and POSIX ACLs: exact names
     ///         (``"security.selinux"``) or prefixes ending in ``.`` or ``*``
     ///         (``"trusted."``).
+    ///     compression_level: gzip 0-9 (default 6), zstd 1-22 (default 3).
+    ///     compression_threads: threads compressing the layer; default one
+    ///         per core (the output does not depend on it).
+    ///     max_sparse_expansion: the most bytes of holes one sparse file may
+    ///         expand to in the layer (default 16 GiB); above, the job fails
+    ///         with ``unsupported``.
     ///
     /// Raises:
     ///     SeamlessSnapshotError: a subclass per error kind, e.g.
@@ -339,7 +352,8 @@ impl Client {
     #[pyo3(signature = (
         container_id, target_ref, *, compression = None, labels = None,
         annotations = None, message = None, author = None, insecure_registries = None,
-        extra_xattrs = None,
+        extra_xattrs = None, compression_level = None, compression_threads = None,
+        max_sparse_expansion = None,
     ))]
     #[allow(clippy::too_many_arguments)] // one per keyword argument of the Python API
     fn commit(
@@ -354,6 +368,9 @@ impl Client {
         author: Option<String>,
         insecure_registries: Option<Vec<String>>,
         extra_xattrs: Option<Vec<String>>,
+        compression_level: Option<i32>,
+        compression_threads: Option<u32>,
+        max_sparse_expansion: Option<u64>,
     ) -> PyResult<PySnapshotResult> {
         let options = commit_options(
             py,
@@ -364,6 +381,7 @@ impl Client {
             author,
             insecure_registries,
             extra_xattrs,
+            (compression_level, compression_threads, max_sparse_expansion),
         )?;
         self.blocking(py, |s| {
             s.commit_with(container_id, target_ref, &options, None)
@@ -385,7 +403,8 @@ impl Client {
     #[pyo3(signature = (
         container_id, target_ref, timeout = None, *, compression = None, labels = None,
         annotations = None, message = None, author = None, insecure_registries = None,
-        extra_xattrs = None,
+        extra_xattrs = None, compression_level = None, compression_threads = None,
+        max_sparse_expansion = None,
     ))]
     #[allow(clippy::too_many_arguments)] // one per keyword argument of the Python API
     fn commit_with_wait(
@@ -401,6 +420,9 @@ impl Client {
         author: Option<String>,
         insecure_registries: Option<Vec<String>>,
         extra_xattrs: Option<Vec<String>>,
+        compression_level: Option<i32>,
+        compression_threads: Option<u32>,
+        max_sparse_expansion: Option<u64>,
     ) -> PyResult<PySnapshotResult> {
         let timeout = opt_duration(py, "timeout", timeout, DEFAULT_TIMEOUT)?;
         let options = commit_options(
@@ -412,6 +434,7 @@ impl Client {
             author,
             insecure_registries,
             extra_xattrs,
+            (compression_level, compression_threads, max_sparse_expansion),
         )?;
         self.blocking(py, |s| {
             s.commit_with(container_id, target_ref, &options, Some(timeout))

@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   containerd runc docker-registry protobuf-compiler umoci skopeo
   busybox-static xfsprogs btrfs-progs attr curl gcc libc6-dev python3
-  pkg-config valgrind golang-go openssl
+  pkg-config valgrind golang-go openssl zstd gzip pigz
 )
 
 missing=()

@@ -1104,6 +1104,19 @@ pub fn largest_gap_in(log: &[(u64, u64)], from: u64, to: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// `n` pseudo-random (incompressible) bytes from `seed` (xorshift).
+pub fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -997,7 +997,7 @@ fn a_tree_deeper_than_path_max_is_captured_and_layered() {
     let blob = crate::layer::build_layer(
         &dest,
         &out,
-        crate::types::Compression::None,
+        &crate::layer::BuildOptions::new(crate::types::Compression::None),
         &crate::layer::XattrPolicy::default(),
         None,
         &mut |_| {},
@@ -1047,7 +1047,7 @@ fn a_tree_deeper_than_the_limit_is_refused_with_its_path() {
     crate::layer::build_layer(
         &t.path().join("cap"),
         &out,
-        crate::types::Compression::None,
+        &crate::layer::BuildOptions::new(crate::types::Compression::None),
         &crate::layer::XattrPolicy::default(),
         None,
         &mut |_| {},
@@ -1074,7 +1074,7 @@ fn a_tree_deeper_than_the_limit_is_refused_with_its_path() {
     let e = crate::layer::build_layer(
         &u,
         &out,
-        crate::types::Compression::None,
+        &crate::layer::BuildOptions::new(crate::types::Compression::None),
         &crate::layer::XattrPolicy::default(),
         None,
         &mut |_| {},

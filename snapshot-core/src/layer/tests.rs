@@ -13,6 +13,8 @@ use sha2::Sha256;
 
 use crate::sys::xattr::{self, XRef};
 
+mod throughput;
+
 const MTIME: (i64, i64) = (1_700_000_000, 123_456_789);
 
 fn setx(path: &Path, name: &str, value: &[u8]) {
@@ -206,7 +208,15 @@ fn pax(e: &Value, key: &str) -> Option<Vec<u8>> {
 }
 
 fn build(root: &Path, out: &Path, c: Compression) -> LayerBlob {
-    build_layer(root, out, c, &XattrPolicy::default(), None, &mut |_| {}).unwrap()
+    build_layer(
+        root,
+        out,
+        &BuildOptions::new(c),
+        &XattrPolicy::default(),
+        None,
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
 #[test]
@@ -241,9 +251,14 @@ fn full_tree_read_back_by_python_and_gnu_tar() {
     let out = tmp.path().join("layer.tar.gz");
     let mut reports = Vec::new();
     let policy = XattrPolicy::default();
-    let blob = build_layer(&root, &out, Compression::Gzip, &policy, None, &mut |n| {
-        reports.push(n)
-    })
+    let blob = build_layer(
+        &root,
+        &out,
+        &BuildOptions::new(Compression::Gzip),
+        &policy,
+        None,
+        &mut |n| reports.push(n),
+    )
     .unwrap();
     assert_eq!(blob.media_type, Compression::Gzip.media_type());
     let tar_bytes = check_digests(&blob);
@@ -505,7 +520,7 @@ fn out_is_created_exclusively() {
     let e = build_layer(
         &root,
         &out,
-        Compression::Gzip,
+        &BuildOptions::new(Compression::Gzip),
         &XattrPolicy::default(),
         None,
         &mut |_| {},
@@ -521,7 +536,7 @@ fn out_is_created_exclusively() {
     let e = build_layer(
         &out,
         &m,
-        Compression::Gzip,
+        &BuildOptions::new(Compression::Gzip),
         &XattrPolicy::default(),
         None,
         &mut |_| {},
@@ -534,7 +549,7 @@ fn expect_unsupported(root: &Path, out: &Path) {
     let e = build_layer(
         root,
         out,
-        Compression::Gzip,
+        &BuildOptions::new(Compression::Gzip),
         &XattrPolicy::default(),
         None,
         &mut |_| {},
@@ -585,7 +600,15 @@ fn try_setx(path: &Path, name: &str, value: &[u8]) -> bool {
 
 /// The PAX records of every entry of the tar built from `root` with `policy`.
 fn built_with(root: &Path, out: &Path, policy: &XattrPolicy) -> Vec<Value> {
-    let blob = build_layer(root, out, Compression::None, policy, None, &mut |_| {}).unwrap();
+    let blob = build_layer(
+        root,
+        out,
+        &BuildOptions::new(Compression::None),
+        policy,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
     py_dump(&blob.path)
 }
 
@@ -749,7 +772,7 @@ fn user_namespace_owners_are_the_containers() {
         let blob = build_layer(
             &root,
             &out,
-            Compression::None,
+            &BuildOptions::new(Compression::None),
             &XattrPolicy::default(),
             owners,
             &mut |_| {},

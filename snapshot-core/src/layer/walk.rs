@@ -10,7 +10,8 @@
 //! directories before their children, so the same tree always gives the same
 //! bytes; a regular file is opened (and checked to be the inode stat'ed)
 //! before its header is written, and exactly the size in its header is
-//! written for it; a name starting with `.wh.` is refused, a whiteout's
+//! written for it (the holes of a sparse file as zeros, never read: see
+//! [`super::sparse`]); a name starting with `.wh.` is refused, a whiteout's
 //! too. The capture directory is private to us, but its paths may be far
 //! longer than `PATH_MAX`: the walk is iterative, every entry is reached by
 //! name relative to its open directory, the open directories are kept in a
@@ -21,15 +22,16 @@
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
-use nix::sys::stat::{Mode, fstat, fstatat};
+use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 
 use super::owners::map_xattr;
+use super::sparse;
 use super::tar::{self, Entry, Kind};
 use super::xattrs::{XattrPolicy, Xattrs, read_xattrs};
 use crate::error::{Error, IoContext, Result};
@@ -45,18 +47,23 @@ const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 const PROGRESS_STEP: u64 = 1 << 20;
 /// Read buffer for file content.
 const READ_BUF: usize = 256 * 1024;
+/// Holes of one file from which a warning is logged (they expand to zeros
+/// in the tar, and take time and space downstream).
+const SPARSE_WARN: u64 = 1 << 30;
 
 /// Writes the whole archive of `capture_dir` (ending with the two zero
 /// blocks) to `w`, and reports the content bytes read once more at the end.
 /// Returns `w` and the number of entries written. Write errors name `out`.
 /// Entries carry the xattrs `xattrs` lets through, and the IDs of
-/// `owners` when the container is in a user namespace.
+/// `owners` when the container is in a user namespace. A file whose holes
+/// exceed `max_sparse` bytes fails the build ([`Error::Unsupported`]).
 pub(super) fn write_archive<W: Write>(
     w: W,
     capture_dir: &Path,
     out: &Path,
     xattrs: &XattrPolicy,
     owners: Option<&UserNamespace>,
+    max_sparse: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(W, u64)> {
     let top = open_dir(capture_dir).at("open", capture_dir)?;
@@ -73,6 +80,7 @@ pub(super) fn write_archive<W: Write>(
         reported: 0,
         progress,
         buf: vec![0u8; READ_BUF],
+        max_sparse,
     };
     w.walk(top, key)?;
     // End of archive: two zero blocks.
@@ -124,6 +132,8 @@ struct Walker<'a, W: Write> {
     reported: u64,
     progress: &'a mut dyn FnMut(u64),
     buf: Vec<u8>,
+    /// Largest hole total of one file (`max_sparse_expansion`).
+    max_sparse: u64,
 }
 
 impl<W: Write> Walker<'_, W> {
@@ -141,6 +151,32 @@ impl<W: Write> Walker<'_, W> {
             found.emit = mapped;
         }
         Ok(found)
+    }
+
+    /// The hole bytes of the open file `f` (stat `st`, `size` bytes, at
+    /// `path`); more than `max_sparse` is an error, more than
+    /// [`SPARSE_WARN`] a warning.
+    fn holes(&self, f: &OwnedFd, st: &FileStat, size: u64, path: &Path) -> Result<u64> {
+        let blocks = u64::try_from(st.st_blocks).unwrap_or(0);
+        if !sparse::may_have_holes(size, blocks) {
+            return Ok(0);
+        }
+        let holes = sparse::hole_bytes(f, size).at("seek", path)?;
+        if holes > self.max_sparse {
+            return Err(Error::Unsupported(format!(
+                "{}: sparse file of {size} bytes whose holes ({holes} bytes) would be \
+                 written out as zeros, more than max_sparse_expansion ({} bytes)",
+                path.display(),
+                self.max_sparse
+            )));
+        }
+        if holes >= SPARSE_WARN {
+            tracing::warn!(
+                path = %path.display(), size, holes,
+                "sparse file: its holes are written out as zeros in the layer"
+            );
+        }
+        Ok(holes)
     }
 
     fn emit(&mut self, e: &Entry) -> Result<()> {
@@ -305,10 +341,15 @@ impl<W: Write> Walker<'_, W> {
                         io::Error::other("file replaced while being archived"),
                     ));
                 }
+                let holes = self.holes(&f, &fst, e.size, &path)?;
                 e.xattrs = self.xattrs_of(&XRef::Fd(f.as_fd()), &path)?.emit;
                 e.path = rel.clone();
                 self.emit(&e)?;
-                self.copy_content(&mut File::from(f), e.size, &path)?;
+                if holes > 0 {
+                    self.copy_sparse(&mut File::from(f), e.size, &path)?;
+                } else {
+                    self.copy_content(&mut File::from(f), e.size, &path)?;
+                }
                 return Ok(None);
             }
             libc::S_IFLNK => {
@@ -343,7 +384,61 @@ impl<W: Write> Walker<'_, W> {
     /// A size change while reading is an error: a header already promised
     /// `size` bytes.
     fn copy_content(&mut self, src: &mut impl Read, size: u64, path: &Path) -> Result<()> {
-        let mut left = size;
+        self.copy_bytes(src, size, size, path)?;
+        check_end(src, size, path)?;
+        self.pad(size)
+    }
+
+    /// Streams a sparse file of `size` bytes: its data ranges read from
+    /// `src`, its holes written as zeros without reading them.
+    fn copy_sparse(&mut self, src: &mut File, size: u64, path: &Path) -> Result<()> {
+        let mut pos = 0;
+        loop {
+            let (start, end) = sparse::next_data(&*src, pos, size)
+                .at("seek", path)?
+                .unwrap_or((size, size));
+            self.write_zeros(start - pos)?;
+            if start >= size {
+                break;
+            }
+            src.seek(SeekFrom::Start(start)).at("seek", path)?;
+            self.copy_bytes(
+                &mut Read::by_ref(src).take(end - start),
+                end - start,
+                size,
+                path,
+            )?;
+            pos = end;
+        }
+        src.seek(SeekFrom::Start(size)).at("seek", path)?;
+        check_end(src, size, path)?;
+        self.pad(size)
+    }
+
+    /// Writes `n` zero bytes (a hole), counted as content read.
+    fn write_zeros(&mut self, mut n: u64) -> Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        while n > 0 {
+            let k = n.min(ZEROS.len() as u64) as usize;
+            self.w.write_all(&ZEROS[..k]).at("write", self.out)?;
+            n -= k as u64;
+            self.count_read(k);
+        }
+        Ok(())
+    }
+
+    fn count_read(&mut self, n: usize) {
+        self.read += n as u64;
+        if self.read - self.reported >= PROGRESS_STEP {
+            self.reported = self.read;
+            (self.progress)(self.read);
+        }
+    }
+
+    /// Copies exactly `n` bytes of `src` (part of a file of `size` bytes)
+    /// into the archive; fewer is an error.
+    fn copy_bytes(&mut self, src: &mut impl Read, n: u64, size: u64, path: &Path) -> Result<()> {
+        let mut left = n;
         while left > 0 {
             let want = left.min(self.buf.len() as u64) as usize;
             let n = match src.read(&mut self.buf[..want]) {
@@ -354,7 +449,7 @@ impl<W: Write> Walker<'_, W> {
                         io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             format!(
-                                "file shrank while being archived ({left} of {size} bytes missing)"
+                                "file shrank while being archived ({left} more bytes expected of {size})"
                             ),
                         ),
                     ));
@@ -365,33 +460,38 @@ impl<W: Write> Walker<'_, W> {
             };
             self.w.write_all(&self.buf[..n]).at("write", self.out)?;
             left -= n as u64;
-            self.read += n as u64;
-            if self.read - self.reported >= PROGRESS_STEP {
-                self.reported = self.read;
-                (self.progress)(self.read);
-            }
+            self.count_read(n);
         }
-        let mut probe = [0u8; 1];
-        loop {
-            match src.read(&mut probe) {
-                Ok(0) => break,
-                Ok(_) => {
-                    return Err(Error::io(
-                        "read",
-                        path,
-                        io::Error::other(format!(
-                            "file grew while being archived (beyond {size} bytes)"
-                        )),
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("read", path, e)),
-            }
-        }
+        Ok(())
+    }
+
+    /// Pads a file's content of `size` bytes to a whole block.
+    fn pad(&mut self, size: u64) -> Result<()> {
         let pad = tar::padding(size);
         self.w
             .write_all(&[0u8; tar::BLOCK][..pad])
             .at("write", self.out)
+    }
+}
+
+/// Checks that `src`, read up to `size`, has nothing more.
+fn check_end(src: &mut impl Read, size: u64, path: &Path) -> Result<()> {
+    let mut probe = [0u8; 1];
+    loop {
+        match src.read(&mut probe) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {
+                return Err(Error::io(
+                    "read",
+                    path,
+                    io::Error::other(format!(
+                        "file grew while being archived (beyond {size} bytes)"
+                    )),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
     }
 }
 
@@ -414,6 +514,7 @@ mod tests {
             reported: 0,
             progress: &mut progress,
             buf: vec![0u8; 4],
+            max_sparse: 0,
         };
         let src = Path::new("/src");
         let e = w.copy_content(&mut &b"short"[..], 10, src).unwrap_err();

@@ -517,6 +517,9 @@ fn merge_options(defaults: &CommitOptions, given: &CommitOptions) -> CommitOptio
     if o.author.is_none() {
         o.author = defaults.author.clone();
     }
+    o.compression_level = o.compression_level.or(defaults.compression_level);
+    o.compression_threads = o.compression_threads.or(defaults.compression_threads);
+    o.max_sparse_expansion = o.max_sparse_expansion.or(defaults.max_sparse_expansion);
     for h in &defaults.insecure_registries {
         if !o.insecure_registries.contains(h) {
             o.insecure_registries.push(h.clone());
@@ -590,6 +593,29 @@ mod tests {
         assert_eq!(m.message.as_deref(), Some("dm"));
         assert_eq!(m.insecure_registries, vec!["r:5000".to_string()]);
         assert_eq!(m.extra_xattrs, ["security.selinux", "trusted."]);
+        // Build settings: given ones win, unset ones come from the defaults.
+        d.compression_level = Some(9);
+        d.compression_threads = Some(4);
+        d.max_sparse_expansion = Some(1 << 20);
+        g.compression_level = Some(1);
+        let m = merge_options(&d, &g);
+        assert_eq!(m.compression_level, Some(1));
+        assert_eq!(m.compression_threads, Some(4));
+        assert_eq!(m.max_sparse_expansion, Some(1 << 20));
+        // And they reach the layer builder.
+        let b = crate::layer::BuildOptions::of(&m);
+        assert_eq!(
+            (b.level, b.threads, b.max_sparse_expansion),
+            (Some(1), 4, 1 << 20)
+        );
+        let b = crate::layer::BuildOptions::of(&CommitOptions::default());
+        assert_eq!(
+            b.max_sparse_expansion,
+            CommitOptions::DEFAULT_MAX_SPARSE_EXPANSION
+        );
+        // Old job specs and JSON options without the fields still parse.
+        let o: CommitOptions = serde_json::from_str(r#"{"compression": "zstd"}"#).unwrap();
+        assert_eq!((o.compression_level, o.compression_threads), (None, None));
     }
 
     /// A job `id` in `state` (status not written yet) with a capture
