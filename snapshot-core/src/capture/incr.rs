@@ -60,6 +60,19 @@ pub(super) fn sync_dirty(
         // until the end of this pass, so that an unchanged stat does not
         // hide them).
         c.forced.add_to(&c.recs, &mut dirty);
+        // Directory times can change without any event: overlayfs renames
+        // an entry that hides a lower one with RENAME_WHITEOUT, and when
+        // that rename fails in the upper filesystem (a directory moved
+        // over a non-empty one: ENOTEMPTY), ext4 has already made the
+        // whiteout and puts the old entry back with `ext4_setent`, which
+        // stamps the source directory's mtime and ctime; a failed rename
+        // raises no event. Only a directory's own times change that way,
+        // so every recorded directory is looked at (one `lstat` each).
+        for (rel, r) in &c.recs {
+            if r.meta.is_dir() && !dirty.paths.contains_key(rel) {
+                dirty.mark(rel.clone(), false);
+            }
+        }
     }
     let mut pass = Pass {
         left: Dirty::default(),

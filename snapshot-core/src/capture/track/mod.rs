@@ -38,7 +38,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use events::{
-    DELETE_SELF, DIRENT, Event, FS_ERROR, Handle, MOVE_SELF, MOVED_FROM, MOVED_TO, ONDIR,
+    ATTRIB, DELETE_SELF, DIRENT, Event, FS_ERROR, Handle, MOVE_SELF, MOVED_FROM, MOVED_TO, ONDIR,
     Q_OVERFLOW, parse,
 };
 use kernel::{Kernel, Resolved, Source};
@@ -309,9 +309,16 @@ impl Tracker {
         }
         let Some(dir) = e.dir else {
             if e.obj.is_some() {
-                // An event on an inode alone (a link count changed, the
-                // last name went): its names in the tree have events of
-                // their own (created, removed, moved).
+                // An event on an inode alone. A link count changed
+                // (`ATTRIB`) on an inode that lives on: the name that went
+                // may have had an event naming another inode (a rename
+                // over a hardlink reports the inode moved in, not the one
+                // replaced), so its other names are looked at. The last
+                // name gone, or the inode moved: its names have events of
+                // their own.
+                if e.mask & ATTRIB != 0 && e.mask & DELETE_SELF == 0 {
+                    self.object(&e);
+                }
                 return;
             }
             return self.distrust("an event without a file handle");
