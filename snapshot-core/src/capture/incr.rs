@@ -15,6 +15,10 @@
 //!    times of the directories changed inside — [`super::sync::Resync`],
 //!    shared with the full sync.
 //!
+//! Frozen (strict), every recorded directory is looked at as well: a
+//! directory's times can change with no event (see [`sync_dirty`]); an
+//! `lstat` each, no walk.
+//!
 //! Invariants: the records end up describing the capture exactly as the
 //! full sync would leave them for the paths looked at; nothing else is
 //! touched, nothing is walked but arrived directories, and the totals are

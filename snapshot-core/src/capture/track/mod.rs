@@ -14,7 +14,11 @@
 //! copy; for a directory, its own metadata may; with `subtree`, anything
 //! below it may too (a directory created or moved in: events inside it
 //! before it arrived named another path). A directory whose entries change
-//! is dirty itself (its times did).
+//! is dirty itself (its times did). A link count change reported on an
+//! inode alone (a rename over one of a hardlink's names) puts the inode in
+//! [`Dirty::inodes`]. What no event reports at all — a directory's times
+//! stamped by a failed overlayfs whiteout rename — the frozen sync covers
+//! by looking at every directory ([`super::incr`]).
 //!
 //! Invariants: nothing is ever guessed. A queue overflow, a filesystem
 //! error, a handle that cannot be resolved for any reason but the
