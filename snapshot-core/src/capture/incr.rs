@@ -15,6 +15,10 @@
 //!    times of the directories changed inside — [`super::sync::Resync`],
 //!    shared with the full sync.
 //!
+//! Frozen (strict), every recorded directory is looked at as well: a
+//! directory's times can change with no event (see [`sync_dirty`]); an
+//! `lstat` each, no walk.
+//!
 //! Invariants: the records end up describing the capture exactly as the
 //! full sync would leave them for the paths looked at; nothing else is
 //! touched, nothing is walked but arrived directories, and the totals are
@@ -60,6 +64,30 @@ pub(super) fn sync_dirty(
         // until the end of this pass, so that an unchanged stat does not
         // hide them).
         c.forced.add_to(&c.recs, &mut dirty);
+        // Directory times can change without any event: overlayfs renames
+        // an entry that hides a lower one with RENAME_WHITEOUT, and when
+        // that rename fails in the upper filesystem (a directory moved
+        // over a non-empty one: ENOTEMPTY), ext4 has already made the
+        // whiteout and puts the old entry back with `ext4_setent`, which
+        // stamps the source directory's mtime and ctime; a failed rename
+        // raises no event. Only a directory's own times change that way,
+        // so every recorded directory is checked (one `lstat` each), and
+        // looked at if it differs from its record.
+        let root = c.root.as_fd();
+        let mut src = DirCursor::new();
+        for (rel, r) in &c.recs {
+            if !r.meta.is_dir() || dirty.paths.contains_key(rel) {
+                continue;
+            }
+            let clean = match lstat(&c.ctx, root, &mut src, rel) {
+                Ok(Some(st)) => r.clean(&Meta::from_stat(&st).0),
+                // Looked at, it says what went wrong.
+                _ => false,
+            };
+            if !clean {
+                dirty.mark(rel.clone(), false);
+            }
+        }
     }
     let mut pass = Pass {
         left: Dirty::default(),
@@ -184,6 +212,31 @@ pub(super) fn sync_dirty(
     Ok((stats, pass.left))
 }
 
+/// The `lstat` of `rel` beneath `root` (its parent opened through `src`),
+/// `None` if it does not exist (nor, then, its parent as a directory).
+fn lstat(
+    ctx: &super::paths::Ctx,
+    root: std::os::fd::BorrowedFd<'_>,
+    src: &mut DirCursor,
+    rel: &[u8],
+) -> Result<Option<FileStat>> {
+    if rel.is_empty() {
+        let d = open_beneath(root, b"").at("open", &ctx.upper)?;
+        return Ok(Some(fstat(&d).at("stat", &ctx.upper)?));
+    }
+    let (prel, name) = split_rel(rel)?;
+    let dir = match src.open(root, prel) {
+        Ok(d) => d,
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
+        Err(e) => return Err(Error::errno("open", ctx.up(prel), e)),
+    };
+    match fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(Error::errno("lstat", ctx.up(rel), e)),
+    }
+}
+
 /// One incremental pass's bookkeeping.
 struct Pass {
     /// Paths handed back (running passes only).
@@ -304,29 +357,14 @@ impl Pass {
         self.sweep.push(rel);
     }
 
-    /// The `lstat` of `rel` beneath `root`, `None` if it does not exist
-    /// (nor, then, its parent as a directory).
+    /// The `lstat` of `rel` beneath `root` ([`lstat`]).
     fn lstat(
         &mut self,
         ctx: &super::paths::Ctx,
         root: std::os::fd::BorrowedFd<'_>,
         rel: &[u8],
     ) -> Result<Option<FileStat>> {
-        if rel.is_empty() {
-            let d = open_beneath(root, b"").at("open", &ctx.upper)?;
-            return Ok(Some(fstat(&d).at("stat", &ctx.upper)?));
-        }
-        let (prel, name) = split_rel(rel)?;
-        let dir = match self.src.open(root, prel) {
-            Ok(d) => d,
-            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
-            Err(e) => return Err(Error::errno("open", ctx.up(prel), e)),
-        };
-        match fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => Ok(Some(st)),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(Error::errno("lstat", ctx.up(rel), e)),
-        }
+        lstat(ctx, root, &mut self.src, rel)
     }
 
     /// Step 2: the other names of every multiply-linked inode involved

@@ -14,7 +14,11 @@
 //! copy; for a directory, its own metadata may; with `subtree`, anything
 //! below it may too (a directory created or moved in: events inside it
 //! before it arrived named another path). A directory whose entries change
-//! is dirty itself (its times did).
+//! is dirty itself (its times did). A link count change reported on an
+//! inode alone (a rename over one of a hardlink's names) puts the inode in
+//! [`Dirty::inodes`]. What no event reports at all — a directory's times
+//! stamped by a failed overlayfs whiteout rename — the frozen sync covers
+//! by looking at every directory ([`super::incr`]).
 //!
 //! Invariants: nothing is ever guessed. A queue overflow, a filesystem
 //! error, a handle that cannot be resolved for any reason but the
@@ -38,7 +42,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use events::{
-    DELETE_SELF, DIRENT, Event, FS_ERROR, Handle, MOVE_SELF, MOVED_FROM, MOVED_TO, ONDIR,
+    ATTRIB, DELETE_SELF, DIRENT, Event, FS_ERROR, Handle, MOVE_SELF, MOVED_FROM, MOVED_TO, ONDIR,
     Q_OVERFLOW, parse,
 };
 use kernel::{Kernel, Resolved, Source};
@@ -309,9 +313,16 @@ impl Tracker {
         }
         let Some(dir) = e.dir else {
             if e.obj.is_some() {
-                // An event on an inode alone (a link count changed, the
-                // last name went): its names in the tree have events of
-                // their own (created, removed, moved).
+                // An event on an inode alone. A link count changed
+                // (`ATTRIB`) on an inode that lives on: the name that went
+                // may have had an event naming another inode (a rename
+                // over a hardlink reports the inode moved in, not the one
+                // replaced), so its other names are looked at. The last
+                // name gone, or the inode moved: its names have events of
+                // their own.
+                if e.mask & ATTRIB != 0 && e.mask & DELETE_SELF == 0 {
+                    self.object(&e);
+                }
                 return;
             }
             return self.distrust("an event without a file handle");

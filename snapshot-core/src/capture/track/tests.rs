@@ -219,12 +219,21 @@ fn anything_unknown_makes_it_untrustworthy() {
         .push_back(build::event(MODIFY, None, b""));
     t.drain();
     assert!(t.take().is_err());
-    // (An event on an inode alone is not one of those.)
+    // (An event on an inode alone is not one of those: a link count
+    // changed on a live inode names it; a removed one, nothing.)
     let (mut t, f) = tracker();
-    let b = build::event_obj(ATTRIB, None, b"", Some((1, b"INOD")));
+    let mut b = build::event_obj(ATTRIB, None, b"", Some((1, b"INOD")));
+    b.extend(build::event_obj(
+        ATTRIB | events::DELETE_SELF,
+        None,
+        b"",
+        Some((1, b"GONE")),
+    ));
     f.reads.lock().unwrap().push_back(b);
     t.drain();
-    assert!(t.take().unwrap().is_empty());
+    let d = t.take().unwrap();
+    assert!(d.paths.is_empty());
+    assert_eq!(d.inodes, HashSet::from([(1, b'I' as u64)]));
     // A garbled buffer.
     let (mut t, f) = tracker();
     f.reads.lock().unwrap().push_back(vec![1, 2, 3]);
@@ -329,6 +338,20 @@ fn kernel_reports_changes_in_the_tree_only() {
     let g = std::fs::symlink_metadata(upper.join("d/n/e2/g")).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert!(d.inodes.contains(&(g.dev(), g.ino())), "{:?}", d.inodes);
+    // A rename over one name of a hardlinked file: the events name the
+    // inode moved in; the one replaced lost a link (its other name's
+    // ctime and link count changed) and is reported too.
+    run(&format!(
+        "cd {} && echo a > k1 && ln k1 k2 && echo b > x",
+        upper.display()
+    ));
+    t.drain();
+    t.take().unwrap();
+    run(&format!("cd {} && mv x k2", upper.display()));
+    t.drain();
+    let d = t.take().unwrap();
+    let k1 = std::fs::symlink_metadata(upper.join("k1")).unwrap();
+    assert!(d.inodes.contains(&(k1.dev(), k1.ino())), "{:?}", d.inodes);
     t.check_mark();
     assert_eq!(t.untrusted(), None);
     assert!(t.read >= t.kept);
