@@ -229,16 +229,9 @@ pub fn build_layer_tar(
         threads: 1,
         max_sparse_expansion: crate::CommitOptions::DEFAULT_MAX_SPARSE_EXPANSION,
     };
-    crate::layer::build_layer(
-        capture_dir,
-        out,
-        &opts,
-        &policy,
-        None,
-        &mut |_| {},
-    )
-    .map(|b| b.entries)
-    .map_err(|e| e.to_string())
+    crate::layer::build_layer(capture_dir, out, &opts, &policy, None, &mut |_| {})
+        .map(|b| b.entries)
+        .map_err(|e| e.to_string())
 }
 
 /// `/proc/<pid>/uid_map` (or `gid_map`): the ID an outside ID maps to
