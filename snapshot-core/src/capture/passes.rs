@@ -7,8 +7,8 @@
 //! freeze, over the smallest set seen, so a file rewritten continuously is
 //! copied as late as possible; at most [`MAX_PASSES`] passes, and passes
 //! stop as soon as the set stops shrinking or is down to [`SMALL`] paths
-//! (that pass is the last). An untrustworthy tracker stops them (the
-//! window then compares everything).
+//! (that pass is the last). An untrustworthy tracker, or a pass that
+//! fails, stops them (the window then compares everything).
 
 use super::track::Tracker;
 use super::{Capture, PhaseStats};
@@ -33,7 +33,17 @@ pub(crate) fn converge(c: &mut Capture, t: &mut Tracker) -> Result<(u32, PhaseSt
         }
         let final_pass = n <= SMALL || n >= last;
         let Ok(dirty) = t.take() else { break };
-        let (stats, left) = c.sync_dirty(dirty, false)?;
+        // The container runs: a pass can trip over what it is changing
+        // (an xattr refused on an entry that changed type meanwhile, ...).
+        // Rather than fail the commit, trust nothing the passes did: the
+        // window then compares everything.
+        let (stats, left) = match c.sync_dirty(dirty, false) {
+            Ok(done) => done,
+            Err(e) => {
+                t.distrust(format!("a pre-copy pass failed: {e}"));
+                break;
+            }
+        };
         t.put_back(left);
         tracing::debug!(pass = passes + 1, dirty = n, ?stats, "pre-copy pass");
         done.entries += stats.entries;

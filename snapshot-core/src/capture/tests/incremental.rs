@@ -246,7 +246,7 @@ fn incremental_sync_is_exact_under_random_writes() {
         .unwrap_or(0x5eed_1234_u64);
     eprintln!("seed {seed}, {} cycles", cycles());
     let rng = Arc::new(Mutex::new(Rng(seed)));
-    let (mut window_files, mut window_paths) = (0u64, 0u64);
+    let (mut window_files, mut window_paths, mut fallbacks) = (0u64, 0u64, 0u64);
     for cycle in 0..cycles() {
         let mut tracker = Tracker::start(&upper);
         assert_eq!(tracker.untrusted(), None);
@@ -274,12 +274,9 @@ fn incremental_sync_is_exact_under_random_writes() {
             })
         };
         c.precopy(&mut |_| {}).unwrap();
-        for _ in 0..3 {
-            tracker.drain();
-            let d = tracker.take().unwrap();
-            let (_, left) = c.sync_dirty(d, false).unwrap();
-            tracker.put_back(left);
-        }
+        // The passes, as a commit runs them (one that trips over the
+        // writer distrusts the tracker: the window then compares all).
+        c.converge(&mut tracker).unwrap();
         while ops.load(Ordering::Relaxed) < 30 {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -295,9 +292,21 @@ fn incremental_sync_is_exact_under_random_writes() {
         };
         c.force_recopy(&Forced::paths(mapped.iter().map(rel)));
         tracker.drain();
-        let d = tracker
-            .take()
-            .unwrap_or_else(|e| panic!("cycle {cycle}: untrustworthy: {e}"));
+        let d = match tracker.take() {
+            Ok(d) => d,
+            Err(why) => {
+                // What a commit does then: the full compare, still exact.
+                eprintln!("cycle {cycle}: full compare ({why})");
+                fallbacks += 1;
+                c.sync_frozen().unwrap();
+                c.verify_frozen().unwrap();
+                assert_trees_equal(&upper, c.dest());
+                let dest = c.dest().to_path_buf();
+                drop(c);
+                std::fs::remove_dir_all(&dest).unwrap();
+                continue;
+            }
+        };
         let shown = format!(
             "{:?}",
             d.paths
@@ -322,7 +331,13 @@ fn incremental_sync_is_exact_under_random_writes() {
         std::fs::remove_dir_all(&dest).unwrap();
     }
     eprintln!(
-        "{} cycles exact; {window_paths} dirty paths, {window_files} files re-copied in the windows",
+        "{} cycles exact; {window_paths} dirty paths, {window_files} files re-copied in the windows; {fallbacks} full compares",
+        cycles()
+    );
+    // The fallback is for the rare trip, not the rule.
+    assert!(
+        fallbacks * 10 <= cycles() as u64,
+        "{fallbacks} of {} cycles fell back to the full compare",
         cycles()
     );
 }
