@@ -51,6 +51,28 @@ fn beneath(rel: &[u8], root: &[u8]) -> bool {
         || (rel.starts_with(root) && (rel.len() == root.len() || rel[root.len()] == b'/'))
 }
 
+/// The records of the entries directly in `dir` (`""`: the root).
+fn direct_children<'r>(
+    recs: &'r std::collections::BTreeMap<Vec<u8>, Rec>,
+    dir: &[u8],
+) -> impl Iterator<Item = (&'r Vec<u8>, &'r Rec)> + 'r {
+    let (lo, hi, skip) = if dir.is_empty() {
+        (Vec::new(), None, 0)
+    } else {
+        let mut lo = dir.to_vec();
+        lo.push(b'/');
+        let mut hi = dir.to_vec();
+        hi.push(b'/' + 1);
+        let skip = lo.len();
+        (lo, Some(hi), skip)
+    };
+    let range = match hi {
+        Some(hi) => recs.range(lo..hi),
+        None => recs.range(lo..),
+    };
+    range.filter(move |(k, _)| !k.is_empty() && !k[skip..].contains(&b'/'))
+}
+
 /// Runs [`Capture::sync_dirty`].
 pub(super) fn sync_dirty(
     c: &mut Capture,
@@ -95,6 +117,7 @@ pub(super) fn sync_dirty(
         gone: Vec::new(),
         sweep: Vec::new(),
         walked: Vec::new(),
+        dirs: Vec::new(),
         src: DirCursor::new(),
         strict,
     };
@@ -102,6 +125,22 @@ pub(super) fn sync_dirty(
     let root = c.root.as_fd();
     for (rel, subtree) in dirty.paths {
         pass.look(&c.ctx, root, &mut col, rel, subtree)?;
+    }
+    // The direct entries recorded under a dirty directory that no event
+    // named are looked at once too: a directory's record is never
+    // refreshed without its entries. An entry's removal must not depend on
+    // its event reaching us under the right path (long randomized runs
+    // found records of removed entries kept when whole directories moved
+    // over each other); this costs one `lstat` per recorded child of a
+    // directory that changed.
+    for dir in std::mem::take(&mut pass.dirs) {
+        let kids: Vec<Vec<u8>> = direct_children(col.recs, &dir)
+            .filter(|(_, r)| r.seen != col.gen_)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in kids {
+            pass.look(&c.ctx, root, &mut col, k, false)?;
+        }
     }
     // An inode that got a name: unless that name, looked at, is its only
     // one, its other names are looked at too.
@@ -247,6 +286,9 @@ struct Pass {
     sweep: Vec<Vec<u8>>,
     /// Subtrees walked whole: their dirty paths are covered.
     walked: Vec<Vec<u8>>,
+    /// Directories looked at, still the same directory: their recorded
+    /// direct entries are looked at as well.
+    dirs: Vec<Vec<u8>>,
     /// Link counts of the inodes looked at.
     nlinks: std::collections::HashMap<(u64, u64), u64>,
     /// The source directory of the last path looked at.
@@ -336,6 +378,9 @@ impl Pass {
                 self.left.mark(rel.clone(), true);
             }
             self.walked.push(rel.clone());
+        }
+        if same_dir && !arrived {
+            self.dirs.push(rel.clone());
         }
         let was_dir = old.is_some_and(|o| o.meta.is_dir());
         if arrived || (was_dir && !same_dir) {
