@@ -51,6 +51,14 @@ fn beneath(rel: &[u8], root: &[u8]) -> bool {
         || (rel.starts_with(root) && (rel.len() == root.len() || rel[root.len()] == b'/'))
 }
 
+/// The paths of the recorded directories.
+pub(super) fn recorded_dirs(recs: &std::collections::BTreeMap<Vec<u8>, Rec>) -> Vec<Vec<u8>> {
+    recs.iter()
+        .filter(|(_, r)| r.meta.is_dir())
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 /// The records of the entries directly in `dir` (`""`: the root).
 fn direct_children<'r>(
     recs: &'r std::collections::BTreeMap<Vec<u8>, Rec>,
@@ -97,17 +105,22 @@ pub(super) fn sync_dirty(
         // looked at if it differs from its record.
         let root = c.root.as_fd();
         let mut src = DirCursor::new();
-        for (rel, r) in &c.recs {
-            if !r.meta.is_dir() || dirty.paths.contains_key(rel) {
+        let dirs = match c.window_dirs.take() {
+            Some(d) => d,
+            None => recorded_dirs(&c.recs),
+        };
+        for rel in dirs {
+            let Some(r) = c.recs.get(&rel) else { continue };
+            if !r.meta.is_dir() || dirty.paths.contains_key(&rel) {
                 continue;
             }
-            let clean = match lstat(&c.ctx, root, &mut src, rel) {
+            let clean = match lstat(&c.ctx, root, &mut src, &rel) {
                 Ok(Some(st)) => r.clean(&Meta::from_stat(&st).0),
                 // Looked at, it says what went wrong.
                 _ => false,
             };
             if !clean {
-                dirty.mark(rel.clone(), false);
+                dirty.mark(rel, false);
             }
         }
     }

@@ -97,6 +97,10 @@ pub(crate) struct Capture {
     /// A pause after each pre-copy entry (tests only, see
     /// [`Capture::pace_precopy`]).
     pace: Option<Duration>,
+    /// The recorded directories, listed before the freeze by
+    /// [`Capture::prepare_frozen`] so that the window does not scan every
+    /// record to find them.
+    window_dirs: Option<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -134,6 +138,7 @@ impl Capture {
             copier: Copier::new(dest),
             forced: Forced::default(),
             pace: None,
+            window_dirs: None,
         })
     }
 
@@ -144,6 +149,13 @@ impl Capture {
     /// every 100 ms and at the end.
     pub(crate) fn precopy(&mut self, progress: &mut dyn FnMut(u64)) -> Result<PhaseStats> {
         precopy::precopy(self, progress)
+    }
+
+    /// Lists the recorded directories, which the next frozen incremental
+    /// sync checks one by one: called right before the freeze, after the
+    /// last pass, so the window only `lstat`s them.
+    pub(crate) fn prepare_frozen(&mut self) {
+        self.window_dirs = Some(incr::recorded_dirs(&self.recs));
     }
 
     /// Makes the pre-copy sleep `pace` after each entry, so that a test's

@@ -133,6 +133,10 @@ impl ContainerdSnapshotter {
         tracker.drain();
         tracker.check_mark();
         let fallback = tracker.untrusted().map(str::to_owned);
+        if fallback.is_none() {
+            // What the window's directory check goes through, found now.
+            capture.prepare_frozen();
+        }
 
         // The freeze window; `with_frozen` thaws on every path.
         let ((sync, path, fallback, captured_at), pause) = freeze::with_frozen(

@@ -291,6 +291,7 @@ fn incremental_sync_is_exact_under_random_writes() {
                 .to_vec()
         };
         c.force_recopy(&Forced::paths(mapped.iter().map(rel)));
+        c.prepare_frozen();
         tracker.drain();
         let d = match tracker.take() {
             Ok(d) => d,
