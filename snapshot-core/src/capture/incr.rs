@@ -15,9 +15,10 @@
 //!    times of the directories changed inside — [`super::sync::Resync`],
 //!    shared with the full sync.
 //!
-//! Frozen (strict), every recorded directory is looked at as well: a
-//! directory's times can change with no event (see [`sync_dirty`]); an
-//! `lstat` each, no walk.
+//! Frozen (strict), the recorded merge directories (those a lower layer
+//! also holds, see [`super::merge`]; every recorded directory when the
+//! lower layers are unknown) are looked at as well: their times can change
+//! with no event (see [`sync_dirty`]); an `lstat` each, no walk.
 //!
 //! Invariants: the records end up describing the capture exactly as the
 //! full sync would leave them for the paths looked at; nothing else is
@@ -100,9 +101,11 @@ pub(super) fn sync_dirty(
         // over a non-empty one: ENOTEMPTY), ext4 has already made the
         // whiteout and puts the old entry back with `ext4_setent`, which
         // stamps the source directory's mtime and ctime; a failed rename
-        // raises no event. Only a directory's own times change that way,
-        // so every recorded directory is checked (one `lstat` each), and
-        // looked at if it differs from its record.
+        // raises no event. Only a merge directory's own times change that
+        // way (overlayfs asks for the whiteout only when a lower layer holds
+        // the name), so the merge directories listed before the freeze are
+        // checked (one `lstat` each; all recorded directories when no list
+        // was made), and looked at if they differ from their records.
         let root = c.root.as_fd();
         let mut src = DirCursor::new();
         let dirs = match c.window_dirs.take() {

@@ -31,6 +31,7 @@ mod estimate;
 mod fail;
 mod incr;
 mod mapped;
+mod merge;
 mod meta;
 mod passes;
 mod paths;
@@ -97,10 +98,13 @@ pub(crate) struct Capture {
     /// A pause after each pre-copy entry (tests only, see
     /// [`Capture::pace_precopy`]).
     pace: Option<Duration>,
-    /// The recorded directories, listed before the freeze by
-    /// [`Capture::prepare_frozen`] so that the window does not scan every
-    /// record to find them.
+    /// The recorded directories the window checks, listed before the
+    /// freeze by [`Capture::prepare_frozen`] so that the window does not
+    /// scan every record to find them.
     window_dirs: Option<Vec<Vec<u8>>>,
+    /// The upper dir's lower layers, when known: only the directories they
+    /// also hold need the window's check (see [`merge`]).
+    lowers: Option<merge::Lowers>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -139,6 +143,7 @@ impl Capture {
             forced: Forced::default(),
             pace: None,
             window_dirs: None,
+            lowers: None,
         })
     }
 
@@ -151,11 +156,24 @@ impl Capture {
         precopy::precopy(self, progress)
     }
 
-    /// Lists the recorded directories, which the next frozen incremental
-    /// sync checks one by one: called right before the freeze, after the
-    /// last pass, so the window only `lstat`s them.
+    /// Tells the capture the upper dir's lower layers (the overlay's
+    /// `lowerdir`s), so that the frozen window checks only the directories
+    /// they also hold (see [`merge`]). Without it, or when one cannot be
+    /// opened, the window checks every recorded directory.
+    pub(crate) fn set_lowers(&mut self, lowers: &[std::path::PathBuf]) {
+        self.lowers = merge::Lowers::open(lowers);
+    }
+
+    /// Lists the recorded directories the next frozen incremental sync
+    /// checks one by one (the merge directories, or all without the lower
+    /// layers): called right before the freeze, after the last pass, so the
+    /// window only `lstat`s them.
     pub(crate) fn prepare_frozen(&mut self) {
-        self.window_dirs = Some(incr::recorded_dirs(&self.recs));
+        let dirs = incr::recorded_dirs(&self.recs);
+        self.window_dirs = Some(match &self.lowers {
+            Some(l) => l.merge_dirs(dirs),
+            None => dirs,
+        });
     }
 
     /// Makes the pre-copy sleep `pace` after each entry, so that a test's

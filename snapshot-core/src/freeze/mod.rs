@@ -145,7 +145,7 @@ pub(crate) fn with_frozen<T>(
     let watchdog = Watchdog::arm(&thaw_path, thaw_bytes, bound)?;
     // Every scheduling delay of this thread inside the window is pause the
     // container feels: run it real-time until the thaw (dropped on return).
-    let _rt = RealtimeGuard::enter();
+    let rt = RealtimeGuard::enter();
 
     let t0 = Instant::now();
     if let Err(e) = no_panic("freeze", || freezer.freeze(freeze_timeout)) {
@@ -163,7 +163,11 @@ pub(crate) fn with_frozen<T>(
     let t2 = Instant::now();
     let thawed = no_panic("thaw", || freezer.thaw());
     let t3 = Instant::now();
-    // Retiring the watchdog (send + waitpid) is outside the pause.
+    // The thawed tasks first: from here on, CPU time this thread or the
+    // watchdog takes at a real-time priority delays them (on a small
+    // machine, by the watchdog's wakeup and exit). Retiring the watchdog
+    // (send + waitpid) is outside the pause.
+    drop(rt);
     let ended = retire_watchdog(freezer, watchdog, thawed);
     let timing = PauseTiming {
         pause: t3 - t0,
@@ -228,15 +232,18 @@ fn retire_watchdog(
     thawed: Result<()>,
 ) -> Result<Option<WatchdogOutcome>> {
     match thawed {
-        Ok(()) => Ok(match watchdog.disarm() {
-            Ok(WatchdogOutcome::Disarmed) => None,
-            Ok(outcome) => Some(outcome),
-            Err(e) => {
-                // We thawed ourselves; only the watchdog's verdict is lost.
-                tracing::warn!(error = %e, "watchdog status lost; capture discarded");
-                Some(WatchdogOutcome::Unknown)
-            }
-        }),
+        Ok(()) => {
+            watchdog.demote();
+            Ok(match watchdog.disarm() {
+                Ok(WatchdogOutcome::Disarmed) => None,
+                Ok(outcome) => Some(outcome),
+                Err(e) => {
+                    // We thawed ourselves; only the watchdog's verdict is lost.
+                    tracing::warn!(error = %e, "watchdog status lost; capture discarded");
+                    Some(WatchdogOutcome::Unknown)
+                }
+            })
+        }
         Err(thaw_err) => {
             // Let the watchdog's pre-opened fd try too, then check.
             let _ = watchdog.fire_now();

@@ -53,6 +53,16 @@ pub(super) fn set_fifo(pid: libc::pid_t, priority: libc::c_int) -> io::Result<()
     Ok(())
 }
 
+/// Runs process `pid` (its main thread) under the normal policy again.
+pub(super) fn set_normal(pid: libc::pid_t) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a plain syscall with a pointer to a local value.
+    if unsafe { libc::sched_setscheduler(pid, libc::SCHED_OTHER, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Runs the calling thread under `SCHED_FIFO` until dropped, then restores
 /// its previous policy. Best effort: without the privilege nothing changes.
 pub(super) struct RealtimeGuard {

@@ -352,7 +352,7 @@ impl ContainerdSnapshotter {
         let (capture, pause, captured_at, breakdown) = self
             .capture_frozen(
                 container_id,
-                &mount.upper,
+                &mount,
                 &capture_dir,
                 freezer.as_ref(),
                 container.pid,

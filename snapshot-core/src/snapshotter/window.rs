@@ -22,6 +22,7 @@ use super::fault::{
 };
 use super::presence::Presence;
 use crate::capture::{Capture, MappedFiles, PhaseStats, Tracker};
+use crate::containerd::OverlayMount;
 use crate::error::{Error, IoContext, Result};
 use crate::freeze;
 use crate::job::StatusWriter;
@@ -47,7 +48,7 @@ impl ContainerdSnapshotter {
     pub(super) fn capture_frozen(
         &self,
         container_id: &str,
-        upper: &Path,
+        mount: &OverlayMount,
         dest: &Path,
         freezer: &dyn freeze::Freezer,
         pid: u32,
@@ -56,10 +57,10 @@ impl ContainerdSnapshotter {
     ) -> Result<Captured> {
         // The container may exit, be killed or deleted while we copy: then
         // say so, whatever error its going away caused.
-        let presence = Presence::record(container_id, pid, upper, freezer.path())?;
+        let presence = Presence::record(container_id, pid, &mount.upper, freezer.path())?;
         self.capture_present(
             container_id,
-            upper,
+            mount,
             dest,
             freezer,
             pid,
@@ -74,7 +75,7 @@ impl ContainerdSnapshotter {
     fn capture_present(
         &self,
         container_id: &str,
-        upper: &Path,
+        mount: &OverlayMount,
         dest: &Path,
         freezer: &dyn freeze::Freezer,
         pid: u32,
@@ -82,6 +83,7 @@ impl ContainerdSnapshotter {
         verify: bool,
         presence: &Presence,
     ) -> Result<Captured> {
+        let upper = mount.upper.as_path();
         // The files the container maps shared-writable, on either device
         // its memory maps may show them with (the root overlay's, or the
         // upper dir's filesystem's on kernels before 6.8).
@@ -99,6 +101,8 @@ impl ContainerdSnapshotter {
         // Pre-copy: the bulk of the data, while the container runs, with the
         // mappings sampled and the tracker read all along.
         let mut capture = Capture::new(upper, dest)?;
+        // The window checks only directories a lower layer also holds.
+        capture.set_lowers(&mount.lowers);
         if let Some(h) = fault_hold(FAULT_HOLD_PRECOPY) {
             std::thread::sleep(h);
         }

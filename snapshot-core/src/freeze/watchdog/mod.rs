@@ -207,6 +207,16 @@ impl Watchdog {
         self.kind
     }
 
+    /// Puts the watchdog back under the normal policy, once our own thaw
+    /// succeeded: it is no longer needed in time, and at `SCHED_FIFO` its
+    /// wakeup and exit on disarm would run ahead of the container's tasks
+    /// just thawed, which is pause they feel. Best effort.
+    pub(super) fn demote(&self) {
+        if let Err(e) = realtime::set_normal(self.pid.as_raw()) {
+            tracing::debug!(watchdog = self.pid.as_raw(), error = %e, "cannot demote the watchdog");
+        }
+    }
+
     /// Disarms the watchdog and reaps it; tells whether it had fired.
     pub(super) fn disarm(mut self) -> Result<WatchdogOutcome> {
         self.finish(true)
