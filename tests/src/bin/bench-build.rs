@@ -17,8 +17,13 @@
 //!
 //! ```text
 //! cargo run --release -p seamless-snapshot-tests --bin bench-build -- \
-//!     [--mb 600] [--sizes 600,2048] [--files 10000] [--no-containerd] [--json]
+//!     [--mb 600] [--sizes 600,2048] [--files 10000] \
+//!     [--configs gzip:1,gzip:0,zstd:1,zstd:0] [--no-floor] [--no-containerd] [--json]
 //! ```
+//!
+//! `--configs` picks the seamless commits (compression:threads, 0 = every
+//! core); `--no-floor` and `--no-containerd` skip the references, e.g. to
+//! measure one configuration's peak memory in a fresh process.
 //!
 //! For each size the container's writable layer gets that many MiB: half
 //! incompressible (xorshift bytes), half compressible text, plus `--files`
@@ -26,7 +31,10 @@
 //! `commit_with` (wait); the build and push times are the job's own
 //! (`PhaseTimings`), and the peak resident memory is this process's
 //! (`VmHWM`, reset before each commit through `/proc/self/clear_refs`): the
-//! job runs in process. Before every commit (seamless or containerd) a
+//! job runs in process. The reset sets the peak to the current resident
+//! memory, so what the allocator kept from an earlier commit in the same
+//! process counts in the next one's peak (an upper bound; the RSS at the
+//! reset is printed on stderr). Before every commit (seamless or containerd) a
 //! marker file in the layer gets new content, so every layer digest is new
 //! and every push uploads its layer. Only measured numbers are printed; the
 //! done-when checks of issue 10 are computed from them at the end.
@@ -48,6 +56,9 @@ struct Args {
     sizes: Vec<usize>,
     files: usize,
     containerd: bool,
+    floor: bool,
+    /// The seamless configurations: (compression, threads; 0 = all cores).
+    configs: Vec<(Compression, u32)>,
     json: bool,
 }
 
@@ -56,6 +67,13 @@ fn parse_args() -> Args {
         sizes: Vec::new(),
         files: 10_000,
         containerd: true,
+        floor: true,
+        configs: vec![
+            (Compression::Gzip, 1),
+            (Compression::Gzip, 0),
+            (Compression::Zstd, 1),
+            (Compression::Zstd, 0),
+        ],
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -83,6 +101,22 @@ fn parse_args() -> Args {
                 a.files = num("--files", &v);
             }
             "--no-containerd" => a.containerd = false,
+            "--no-floor" => a.floor = false,
+            "--configs" => {
+                let v = val("--configs");
+                a.configs = v
+                    .split(',')
+                    .map(|c| {
+                        let (name, threads) = c.split_once(':').unwrap_or((c, "0"));
+                        let comp = match name {
+                            "gzip" => Compression::Gzip,
+                            "zstd" => Compression::Zstd,
+                            _ => usage(&format!("--configs: unknown compression {name}")),
+                        };
+                        (comp, num("--configs", threads) as u32)
+                    })
+                    .collect();
+            }
             "--json" => a.json = true,
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
@@ -99,7 +133,7 @@ fn usage(msg: &str) -> ! {
         eprintln!("bench-build: {msg}");
     }
     eprintln!(
-        "usage: bench-build [--mb 600]... [--sizes 600,2048] [--files 10000] [--no-containerd] [--json]"
+        "usage: bench-build [--mb 600]... [--sizes 600,2048] [--files 10000] [--configs gzip:1,gzip:0,zstd:1,zstd:0] [--no-floor] [--no-containerd] [--json]"
     );
     std::process::exit(2);
 }
@@ -539,6 +573,7 @@ fn run_size(rig: &Rig, args: &Args, mib: usize, cores: usize) -> Res<SizeRun> {
     timed_sh(&format!("tar -cf - -C {d} . > /dev/null"))?;
     let mut rows: Vec<Row> = Vec::new();
     // (name, script, output, upload it?)
+    let floors = if args.floor { 4 } else { 0 };
     for (name, script, out, upload) in [
         (
             "floor: `tar | gzip -6` (1 core)",
@@ -564,7 +599,10 @@ fn run_size(rig: &Rig, args: &Args, mib: usize, cores: usize) -> Res<SizeRun> {
             "l.zst",
             true,
         ),
-    ] {
+    ]
+    .into_iter()
+    .take(floors)
+    {
         let took = timed_sh(&script)?;
         let file = floor.join(out);
         let size = fs::metadata(&file)
@@ -593,12 +631,7 @@ fn run_size(rig: &Rig, args: &Args, mib: usize, cores: usize) -> Res<SizeRun> {
 
     let snap = ContainerdSnapshotter::new(rig.config())
         .ctx(|| "ContainerdSnapshotter::new".to_string())?;
-    for (c, threads) in [
-        (Compression::Gzip, 1),
-        (Compression::Gzip, 0),
-        (Compression::Zstd, 1),
-        (Compression::Zstd, 0),
-    ] {
+    for &(c, threads) in &args.configs {
         let opts = CommitOptions {
             compression: c,
             compression_threads: Some(threads),
