@@ -204,22 +204,29 @@ fn touch_marker(data: &Path, what: &str) -> Res<()> {
     fs::write(&p, format!("{what} {nanos}\n")).ctx(|| format!("writing {}", p.display()))
 }
 
-/// Runs `sh -c script`; its stdout, or what failed.
-fn sh(script: &str) -> Res<String> {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
+/// Runs `cmd` (described as `what`) with no stdin; its stdout, or what
+/// failed.
+fn output(cmd: &mut Command, what: &str) -> Res<String> {
+    let out = cmd
         .stdin(Stdio::null())
         .output()
-        .ctx(|| format!("running sh -c {script}"))?;
+        .ctx(|| format!("running {what}"))?;
     if !out.status.success() {
         return Err(format!(
-            "`{script}` failed ({}): {}",
+            "{what} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `sh -c script`; its stdout, or what failed.
+fn sh(script: &str) -> Res<String> {
+    output(
+        Command::new("sh").arg("-c").arg(script),
+        &format!("`{script}`"),
+    )
 }
 
 /// Runs `sh -c script` and returns how long it took.
@@ -231,20 +238,7 @@ fn timed_sh(script: &str) -> Res<Duration> {
 
 /// Runs `ctr -n NS args`; stdout, or what failed.
 fn ctr(rig: &Rig, args: &[&str]) -> Res<String> {
-    let out = rig
-        .ctr_cmd(args)
-        .stdin(Stdio::null())
-        .output()
-        .ctx(|| format!("running ctr {args:?}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ctr {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    output(&mut rig.ctr_cmd(args), &format!("ctr {}", args.join(" ")))
 }
 
 /// A `/proc/self/status` field in KiB (0 if unreadable).

@@ -186,7 +186,7 @@ fn has_cap_sys_resource() -> bool {
 }
 
 /// Out of every cgroup of ours, out of the OOM killer's reach, and above
-/// the window thread's real-time priority.
+/// the window thread's real-time priority until demoted.
 #[test]
 #[ignore = "needs root"]
 fn the_watchdog_is_isolated() {
@@ -204,7 +204,13 @@ fn the_watchdog_is_isolated() {
             assert_eq!(libc::sched_getparam(pid as i32, &mut p), 0);
             (policy, p.sched_priority)
         };
+        // After our thaw it goes back to the normal policy, and still
+        // disarms (see `retire_watchdog`).
+        wd.demote();
+        // SAFETY: a plain query about a child of ours.
+        let demoted = unsafe { libc::sched_getscheduler(pid as i32) };
         assert_eq!(wd.disarm().unwrap(), WatchdogOutcome::Disarmed);
+        assert_eq!(demoted, libc::SCHED_OTHER, "{kind:?}: demoted");
 
         for line in cgroups.lines() {
             let path = line.splitn(3, ':').nth(2).unwrap();
